@@ -1,0 +1,68 @@
+# embedserve: `make help` lists the targets. Everything runs in .venv (created by `make setup`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.setup-stamp
+PORT ?= 3000
+MODEL_NAME ?= embedserve-all-minilm-l6-v2
+EXPORT_ARGS ?=
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: help setup export serve build test test-fast lint format bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: PORT=$(PORT) MODEL_NAME=$(MODEL_NAME) EXPORT_ARGS='...' PYTEST_ARGS='...'"
+
+setup: $(STAMP) ## create .venv and install everything, pinned by requirements/constraints.txt (idempotent)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[export,model,test,bench,dev]"
+	touch $(STAMP)
+
+export: setup ## export the default model (or EXPORT_ARGS='--model ...'): ONNX, O2, int8, parity gate, model store
+	$(PY) -m export $(EXPORT_ARGS)
+
+model: setup
+	@$(PY) -m export find --tag $(MODEL_NAME) >/dev/null 2>&1 || $(PY) -m export --name $(MODEL_NAME) $(EXPORT_ARGS)
+
+serve: model ## set up, export the default model if the store lacks it, and serve it on PORT (default 3000)
+	EMBEDSERVE_MODEL=$(MODEL_NAME):latest $(BIN)/bentoml serve service:Embeddings --port $(PORT)
+
+build: model ## export if needed, re-run the parity gate on the stored model, then `bentoml build`
+	$(PY) -m export check --tag $(MODEL_NAME):latest
+	EMBEDSERVE_MODEL=$(MODEL_NAME):latest $(BIN)/bentoml build .
+
+test: setup ## set up and run the whole test suite (unit, export, runtime, service)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup ## the tests that need no exported MiniLM and no server
+	$(BIN)/pytest -m "not slow and not service" $(PYTEST_ARGS)
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's formatting and fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: model ## run the benchmarks (library and HTTP); results go to benchmarks/results/
+	$(PY) benchmarks/run_all.py
+
+lock: ## re-resolve requirements/constraints.txt from the current .venv
+	$(BIN)/pip freeze --exclude-editable | grep -v '^embedserve' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
+
+clean: ## remove build outputs (not .venv, not the BentoML store)
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,138 @@
+"""Command line of the export stage.
+
+    python -m export [--model ID_OR_DIR] [--name NAME] [--output DIR] ...   export + parity gate + register
+    python -m export check (--artifact DIR | --tag NAME[:VERSION])           re-run the parity gate
+    python -m export find --tag NAME[:VERSION]                               print a stored model's directory
+
+Exit codes: 0 success, 2 bad arguments, 3 parity failed, 4 model not supported, 5 not found, 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_PARITY = 3
+EXIT_UNSUPPORTED = 4
+EXIT_NOT_FOUND = 5
+
+
+def _thresholds(overrides: list[str] | None):
+    from export.parity import ParityThresholds
+
+    thresholds = ParityThresholds()
+    for spec in overrides or []:
+        thresholds = thresholds.with_override(spec)
+    return thresholds
+
+
+def _add_parity_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        metavar="PRECISION.METRIC=VALUE",
+        help="override a parity threshold, e.g. int8.cosine_min=0.95 (repeatable; 'none' disables one)",
+    )
+    parser.add_argument("--corpus", type=Path, help="probe corpus JSON (default: export/probe_corpus.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.config import GPU_PRECISIONS, OPTIMIZATION_LEVELS, QUANTIZATION_PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="export a model (the default command)")
+    run.add_argument("--model", help="hub id or local sentence-transformers directory (default: packaged all-MiniLM-L6-v2)")
+    run.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    run.add_argument("--name", help="BentoML model name (default: embedserve-<model>)")
+    run.add_argument("--output", type=Path, help="artifact directory (default: build/artifacts/<name>)")
+    run.add_argument("--optimization", default="O2", choices=OPTIMIZATION_LEVELS, help="graph optimization level")
+    run.add_argument("--gpu-precision", default="fp32", choices=GPU_PRECISIONS, help="GPU artifact: fp32 or fp16 (O4)")
+    run.add_argument("--quantization", default="auto", choices=QUANTIZATION_PRESETS, help="int8 preset")
+    run.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (measured unusable on MiniLM)")
+    run.add_argument("--no-register", action="store_true", help="do not save into the BentoML model store")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
+    _add_parity_options(run)
+
+    check = sub.add_parser("check", help="re-run the parity gate on an existing artifact")
+    where = check.add_mutually_exclusive_group(required=True)
+    where.add_argument("--artifact", type=Path, help="artifact directory")
+    where.add_argument("--tag", help="BentoML model tag (name or name:version)")
+    _add_parity_options(check)
+
+    find = sub.add_parser("find", help="print the directory of a model in the BentoML store")
+    find.add_argument("--tag", required=True, help="BentoML model tag (name or name:version)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    logging.basicConfig(level=os.environ.get("EMBEDSERVE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from embedserve.errors import ArtifactError, UnsupportedModelError
+    from export import store
+    from export.parity import ParityError
+
+    try:
+        if args.command == "find":
+            path = store.lookup(args.tag)
+            if path is None:
+                print(f"no model {args.tag!r} in the BentoML store", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            print(path)
+            return 0
+        thresholds = _thresholds(args.threshold)
+        if args.command == "check":
+            from export.pipeline import recheck
+
+            directory = args.artifact or store.lookup(args.tag)
+            if directory is None:
+                print(f"no model {args.tag!r} in the BentoML store", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            overrides = thresholds if args.threshold else None
+            recheck(directory, thresholds=overrides, corpus_path=args.corpus)
+            print(f"parity OK: {directory}")
+            return 0
+        from export.config import ExportConfig
+        from export.pipeline import export_model
+
+        config = ExportConfig(
+            model=args.model,
+            revision=args.revision,
+            name=args.name,
+            output=args.output,
+            optimization=args.optimization,
+            gpu_precision=args.gpu_precision,
+            quantization=args.quantization,
+            per_channel=not args.per_tensor,
+            thresholds=thresholds,
+            register=not args.no_register,
+            corpus=args.corpus,
+            trust_remote_code=args.trust_remote_code,
+        )
+        result = export_model(config)
+        print(f"artifact: {result.artifact_dir}")
+        if result.tag:
+            print(f"bentoml model: {result.tag}")
+        return 0
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print("nothing was registered in the model store", file=sys.stderr)
+        return EXIT_PARITY
+    except UnsupportedModelError as exc:
+        print(f"error: model not supported: {exc}", file=sys.stderr)
+        return EXIT_UNSUPPORTED
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

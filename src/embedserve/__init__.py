@@ -1,0 +1,46 @@
+"""embedserve: tokenize, run ONNX Runtime, pool and normalise; the library under the service and the export stage.
+
+Nothing here imports torch, bentoml, optimum or sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from embedserve.artifact import MANIFEST_NAME, Artifact
+from embedserve.config import Limits, RuntimeConfig, Settings
+from embedserve.embedder import Embedder
+from embedserve.errors import (
+    ArtifactError,
+    ConfigError,
+    EmbedServeError,
+    EmptyInputError,
+    InputError,
+    InputTooLongError,
+    MalformedRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ProviderUnavailableError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Artifact",
+    "ArtifactError",
+    "ConfigError",
+    "EmbedServeError",
+    "Embedder",
+    "EmptyInputError",
+    "InputError",
+    "InputTooLongError",
+    "MalformedRequestError",
+    "Limits",
+    "OverloadedError",
+    "PayloadTooLargeError",
+    "ProviderUnavailableError",
+    "RuntimeConfig",
+    "Settings",
+    "UnsupportedModelError",
+    "__version__",
+]

@@ -1,0 +1,82 @@
+"""Domain errors, defined once. Only ``service.py`` maps them to HTTP status codes."""
+
+from __future__ import annotations
+
+
+class EmbedServeError(Exception):
+    """Base class of every error raised on purpose by embedserve."""
+
+
+class InputError(EmbedServeError, ValueError):
+    """The client sent something we will not embed (a client mistake, never a server fault).
+
+    Attributes:
+        param: the request field at fault (``"input"``, ``"dimensions"``...), or ``None``.
+        limit_name: the configured limit that was broken, if any (``"max_inputs"``...).
+        limit: that limit's value.
+    """
+
+    kind = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        limit_name: str | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.limit_name = limit_name
+        self.limit = limit
+
+
+class MalformedRequestError(InputError):
+    """The request body is not valid JSON (or not JSON at all)."""
+
+    kind = "malformed_request"
+
+
+class EmptyInputError(InputError):
+    """No text at all: an empty list or an empty string."""
+
+    kind = "empty_input"
+
+
+class InputTooLongError(InputError):
+    """An input has more tokens than the model accepts and the client asked not to truncate."""
+
+    kind = "input_too_long"
+
+
+class PayloadTooLargeError(InputError):
+    """A request (body bytes, number of inputs or characters) is above a configured size limit."""
+
+    kind = "payload_too_large"
+
+
+class OverloadedError(EmbedServeError):
+    """The server queue is full; the client should retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class ArtifactError(EmbedServeError):
+    """An exported artifact is missing, incomplete, corrupt or of an unknown format."""
+
+
+class UnsupportedModelError(EmbedServeError):
+    """The model uses a module, pooling mode or activation this project cannot reproduce faithfully."""
+
+
+class ProviderUnavailableError(EmbedServeError):
+    """The operator demanded a GPU execution provider and ONNX Runtime did not give one."""
+
+
+class ConfigError(EmbedServeError, ValueError):
+    """A configuration value (usually from an ``EMBEDSERVE_*`` environment variable) is invalid."""

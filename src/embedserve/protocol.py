@@ -1,0 +1,172 @@
+"""Request parsing and response shapes of the two wire protocols, as pure functions.
+
+* OpenAI ``POST /v1/embeddings``: ``input``, ``model``, ``encoding_format`` (float | base64), ``dimensions``.
+* Hugging Face TEI ``POST /embed``: ``inputs``, ``normalize``, ``truncate``, ``truncation_direction``,
+  ``prompt_name``, ``dimensions``.
+
+Every client mistake raises an :class:`~embedserve.errors.InputError` subclass whose message names the field and,
+for a size limit, the limit's name and value. ``service.py`` maps them to HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedserve.config import Limits
+from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError
+
+ENCODING_FORMATS = ("float", "base64")
+DIRECTIONS = ("right", "left")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    """A validated embedding request, whichever protocol it came in."""
+
+    texts: list[str]
+    normalize: bool | None = None
+    dimensions: int | None = None
+    truncate: bool = True
+    direction: str = "right"
+    prompt_name: str | None = None
+    encoding_format: str = "float"
+    model: str | None = None
+
+
+def _require_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InputError(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def parse_texts(value: Any, limits: Limits, *, param: str) -> list[str]:
+    """A string or a non-empty list of non-empty strings, within ``max_inputs`` and ``max_chars``."""
+    if value is None:
+        raise InputError(f"'{param}' is required", param=param)
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list):
+        texts = value
+    else:
+        raise InputError(f"'{param}' must be a string or a list of strings, got {type(value).__name__}", param=param)
+    if not texts:
+        raise EmptyInputError(f"'{param}' must not be an empty list", param=param)
+    if len(texts) > limits.max_inputs:
+        raise PayloadTooLargeError(
+            f"'{param}' has {len(texts)} items; the limit is max_inputs={limits.max_inputs}",
+            param=param,
+            limit_name="max_inputs",
+            limit=limits.max_inputs,
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            kind = "token ids (send text instead)" if isinstance(text, (int, list)) else type(text).__name__
+            raise InputError(f"'{param}[{i}]' must be a string, got {kind}", param=param)
+        if not text:
+            raise EmptyInputError(f"'{param}[{i}]' is an empty string", param=param)
+        if len(text) > limits.max_chars:
+            raise PayloadTooLargeError(
+                f"'{param}[{i}]' has {len(text)} characters; the limit is max_chars={limits.max_chars}",
+                param=param,
+                limit_name="max_chars",
+                limit=limits.max_chars,
+            )
+    return texts
+
+
+def _optional_bool(body: Mapping[str, Any], key: str, default: bool | None) -> bool | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InputError(f"'{key}' must be true or false, got {value!r}", param=key)
+    return value
+
+
+def _dimensions(body: Mapping[str, Any], dimension: int) -> int | None:
+    value = body.get("dimensions")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dimension:
+        raise InputError(
+            f"'dimensions' must be an integer between 1 and {dimension} (the model's dimension), got {value!r}",
+            param="dimensions",
+            limit_name="dimension",
+            limit=dimension,
+        )
+    return value
+
+
+def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"'{key}' must be a string, got {type(value).__name__}", param=key)
+    return value
+
+
+def parse_openai(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+    """Validate an OpenAI ``/v1/embeddings`` request body."""
+    body = _require_object(body)
+    encoding_format = body.get("encoding_format") or "float"
+    if encoding_format not in ENCODING_FORMATS:
+        raise InputError(
+            f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {encoding_format!r}",
+            param="encoding_format",
+        )
+    _optional_str(body, "user")
+    return EmbedRequest(
+        texts=parse_texts(body.get("input"), limits, param="input"),
+        dimensions=_dimensions(body, dimension),
+        encoding_format=encoding_format,
+        model=_optional_str(body, "model"),
+    )
+
+
+def parse_tei(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+    """Validate a TEI ``/embed`` request body."""
+    body = _require_object(body)
+    direction = body.get("truncation_direction") or "right"
+    if not isinstance(direction, str) or direction.lower() not in DIRECTIONS:
+        raise InputError(
+            f"'truncation_direction' must be Right or Left, got {direction!r}", param="truncation_direction"
+        )
+    return EmbedRequest(
+        texts=parse_texts(body.get("inputs"), limits, param="inputs"),
+        normalize=_optional_bool(body, "normalize", True),
+        truncate=bool(_optional_bool(body, "truncate", True)),
+        direction=direction.lower(),
+        prompt_name=_optional_str(body, "prompt_name"),
+        dimensions=_dimensions(body, dimension),
+    )
+
+
+def encode_base64(vector: np.ndarray) -> str:
+    """Little-endian float32 bytes, base64 (what the OpenAI SDKs decode)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def openai_response(vectors: np.ndarray, *, encoding_format: str, model: str, prompt_tokens: int) -> dict[str, Any]:
+    """The OpenAI embeddings response: ``data[i].index`` is the input position."""
+    if encoding_format == "base64":
+        items = [encode_base64(v) for v in vectors]
+    else:
+        items = vectors.tolist()
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def openai_error(message: str, *, error_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def tei_error(message: str, *, error_type: str) -> dict:
+    return {"error": message, "error_type": error_type}
