@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from embedserve import (
-    EmbedServeError,
     Embedder,
+    EmbedServeError,
     EmptyInputError,
     InputError,
     InputTooLongError,
@@ -121,7 +121,9 @@ class _Metrics:
 
 def _openai_error_body(exc: EmbedServeError, status: int) -> dict:
     if isinstance(exc, InputError):
-        return openai_error(exc.message, error_type="invalid_request_error", param=exc.param, code=exc.limit_name or exc.kind)
+        return openai_error(
+            exc.message, error_type="invalid_request_error", param=exc.param, code=exc.limit_name or exc.kind
+        )
     if isinstance(exc, OverloadedError):
         return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
     return openai_error(str(exc), error_type="server_error")
@@ -129,12 +131,16 @@ def _openai_error_body(exc: EmbedServeError, status: int) -> dict:
 
 def _tei_error_body(exc: EmbedServeError, status: int) -> dict:
     kinds = {413: "Validation", 400: "Empty" if isinstance(exc, EmptyInputError) else "Validation", 422: "Validation"}
-    return tei_error(getattr(exc, "message", str(exc)), error_type="Overloaded" if status == 429 else kinds.get(status, "Backend"))
+    return tei_error(
+        getattr(exc, "message", str(exc)), error_type="Overloaded" if status == 429 else kinds.get(status, "Backend")
+    )
 
 
 async def openai_embeddings(request: Request) -> Response:
     service = bentoml.get_current_service()
-    return await service.handle(request, "/v1/embeddings", service.parse_openai, service.respond_openai, _openai_error_body)
+    return await service.handle(
+        request, "/v1/embeddings", service.parse_openai, service.respond_openai, _openai_error_body
+    )
 
 
 async def tei_embed(request: Request) -> Response:
@@ -209,7 +215,9 @@ class Embeddings:
         return parse_tei(body, self.settings.limits, dimension=self.embedder.dimension)
 
     def respond_openai(self, request: EmbedRequest, vectors: Any, tokens: int) -> Any:
-        return openai_response(vectors, encoding_format=request.encoding_format, model=self.model_id, prompt_tokens=tokens)
+        return openai_response(
+            vectors, encoding_format=request.encoding_format, model=self.model_id, prompt_tokens=tokens
+        )
 
     def respond_tei(self, request: EmbedRequest, vectors: Any, tokens: int) -> Any:
         return vectors.tolist()
@@ -260,7 +268,9 @@ class Embeddings:
             return Response(status_code=status)
         except Exception as exc:  # a server fault: log it, answer 500 in the protocol's shape
             log.exception("request failed")
-            return JSONResponse(error_body(EmbedServeError(f"internal error: {type(exc).__name__}"), 500), status_code=500)
+            return JSONResponse(
+                error_body(EmbedServeError(f"internal error: {type(exc).__name__}"), 500), status_code=500
+            )
         finally:
             self.metrics.observe(route, status, time.perf_counter() - started, texts, tokens)
 

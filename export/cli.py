@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="export a model (the default command)")
-    run.add_argument("--model", help="hub id or local sentence-transformers directory (default: packaged all-MiniLM-L6-v2)")
+    run.add_argument(
+        "--model", help="hub id or local sentence-transformers directory (default: packaged all-MiniLM-L6-v2)"
+    )
     run.add_argument("--revision", help="hub revision (branch, tag or commit)")
     run.add_argument("--name", help="BentoML model name (default: embedserve-<model>)")
     run.add_argument("--output", type=Path, help="artifact directory (default: build/artifacts/<name>)")
@@ -71,13 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return 2
-    logging.basicConfig(level=os.environ.get("EMBEDSERVE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("EMBEDSERVE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from embedserve.errors import ArtifactError, UnsupportedModelError

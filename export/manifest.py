@@ -42,9 +42,7 @@ def package_versions() -> dict[str, str]:
 
 def file_hashes(directory: Path) -> dict[str, str]:
     """SHA-256 of every file in ``directory`` except the manifest itself."""
-    return {
-        p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME
-    }
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
 
 
 def build_manifest(

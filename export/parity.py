@@ -212,7 +212,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, corpus: ProbeCorpus) -
     d = [index[t] for t in corpus.documents]
     ref_top = np.argsort(-(ref_unit[q] @ ref_unit[d].T), axis=1, kind="stable")[:, :TOP_K]
     cand_top = np.argsort(-(cand_unit[q] @ cand_unit[d].T), axis=1, kind="stable")[:, :TOP_K]
-    overlaps = np.array([len(set(r) & set(c)) / TOP_K for r, c in zip(ref_top, cand_top)])
+    overlaps = np.array([len(set(r) & set(c)) / TOP_K for r, c in zip(ref_top, cand_top, strict=True)])
     worst_query = int(np.argmin(overlaps))
 
     a = [index[x] for x, _ in corpus.pairs]

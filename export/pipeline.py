@@ -185,7 +185,9 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 gpu_source, gpu_level = optimized, config.optimization
             optimize.copy_graph(gpu_source, artifact_dir / GPU_GRAPHS[config.gpu_precision])
         preset = quantize.detect_preset() if config.quantization == "auto" else config.quantization
-        with progress.step(f"Quantizing to dynamic int8 ({preset}, {'per-channel' if config.per_channel else 'per-tensor'})"):
+        with progress.step(
+            f"Quantizing to dynamic int8 ({preset}, {'per-channel' if config.per_channel else 'per-tensor'})"
+        ):
             _, quant_settings = quantize.quantize(
                 optimized, artifact_dir / CPU_GRAPH, preset, per_channel=config.per_channel
             )

@@ -141,7 +141,7 @@ def describe_pipeline(model: Any, source: Source) -> Pipeline:
     """
     modules = list(model)
     names = tuple(_class_name(m) for m in modules)
-    for name, module in zip(names, modules):
+    for name, module in zip(names, modules, strict=True):
         if name not in _SUPPORTED:
             raise UnsupportedModelError(
                 f"module {name} ({type(module).__module__}.{name}) is not supported by the exporter; "
@@ -161,7 +161,7 @@ def describe_pipeline(model: Any, source: Source) -> Pipeline:
     dense: list[DenseLayer] = []
     normalize = False
     seen_pooling = False
-    for name, module in zip(names[1:], modules[1:]):
+    for name, module in zip(names[1:], modules[1:], strict=True):
         if name == "Pooling":
             if seen_pooling:
                 raise UnsupportedModelError("more than one Pooling module")
@@ -190,7 +190,9 @@ def describe_pipeline(model: Any, source: Source) -> Pipeline:
     dimension = pooled_dimension(hidden, pooling_mode, dense)
     st_dimension = model.get_sentence_embedding_dimension()
     if st_dimension is not None and st_dimension != dimension:
-        raise UnsupportedModelError(f"computed dimension {dimension} differs from sentence-transformers' {st_dimension}")
+        raise UnsupportedModelError(
+            f"computed dimension {dimension} differs from sentence-transformers' {st_dimension}"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Pipeline(
         transformer_dir=_transformer_dir(source.path, model),

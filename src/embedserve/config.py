@@ -7,10 +7,11 @@ only when called (never at import time). Every knob, its default and its trade-o
 variable                               default      meaning and trade-off
 =====================================  ===========  ====================================================================
 EMBEDSERVE_PROVIDERS                   trt,cuda,cpu execution-provider preference, filtered by what onnxruntime offers.
-EMBEDSERVE_REQUIRE_GPU                 false        if true, start-up fails when no GPU provider is active (instead of
-                                                    falling back to CPU with a warning).
-EMBEDSERVE_ARTIFACT                    auto         auto: int8 graph on CPU, optimized fp32/fp16 graph on GPU; ``cpu`` or
-                                                    ``gpu`` force one (``gpu`` on CPU gives the best parity, ~2x slower).
+EMBEDSERVE_REQUIRE_GPU                 false        if true, start-up fails when no GPU provider is active
+                                                    (instead of falling back to CPU with a warning).
+EMBEDSERVE_ARTIFACT                    auto         auto: int8 graph on CPU, optimized fp32/fp16 graph on GPU;
+                                                    ``cpu`` or ``gpu`` force one (``gpu`` on a CPU gives the best
+                                                    parity, about 2x slower).
 EMBEDSERVE_INTRA_OP_THREADS            cores        ONNX Runtime threads per inference; workers x threads <= cores.
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a

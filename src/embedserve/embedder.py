@@ -88,9 +88,15 @@ class Embedder:
         if cfg.require_gpu and not prov.is_gpu(report.primary):
             reasons = "; ".join(f"{k}: {v}" for k, v in {**report.skipped, **report.dropped}.items())
             raise ProviderUnavailableError(
-                f"EMBEDSERVE_REQUIRE_GPU is set but the session runs on {report.primary} ({reasons or 'no GPU provider'})"
+                f"EMBEDSERVE_REQUIRE_GPU is set but the session runs on {report.primary} "
+                f"({reasons or 'no GPU provider'})"
             )
-        if cfg.artifact == "auto" and role == "gpu" and not prov.is_gpu(report.primary) and "cpu" in self.artifact.graphs:
+        if (
+            cfg.artifact == "auto"
+            and role == "gpu"
+            and not prov.is_gpu(report.primary)
+            and "cpu" in self.artifact.graphs
+        ):
             log.warning(
                 "GPU requested but the session fell back to %s; loading the CPU (%s) graph instead of the GPU one",
                 report.primary,
@@ -150,7 +156,9 @@ class Embedder:
             prompt = self.head.prompt_text(prompt_name)
         except KeyError:
             known = ", ".join(sorted(self.head.prompts)) or "none"
-            raise InputError(f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}", param="prompt_name") from None
+            raise InputError(
+                f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}", param="prompt_name"
+            ) from None
         started = time.perf_counter()
         encoded = self.tokenizer.encode(texts, truncate=truncate, direction=direction, prompt=prompt)
         self.timings.tokenize_s += time.perf_counter() - started
@@ -189,7 +197,9 @@ class Embedder:
         timings.padded_tokens += int(feed["attention_mask"].size)
         return vectors
 
-    def finish(self, vectors: np.ndarray, *, normalize: bool | None = None, dimensions: int | None = None) -> np.ndarray:
+    def finish(
+        self, vectors: np.ndarray, *, normalize: bool | None = None, dimensions: int | None = None
+    ) -> np.ndarray:
         """Final normalisation (the model's choice unless ``normalize`` says otherwise) and Matryoshka cut."""
         normalize_final = self.head.normalize if normalize is None else normalize
         vectors = self.head.finish(vectors, normalize=normalize_final)

@@ -1,0 +1,59 @@
+"""Shared fixtures. Tiers: unit (no weights) -> export (tiny local models) -> runtime (MiniLM) -> service (HTTP).
+
+BENTOML_HOME is pointed at a temporary store before anything imports bentoml, so tests never touch ~/bentoml.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="embedserve-test-bentoml-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for path in (str(ROOT), str(TESTS)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import pytest  # noqa: E402
+
+MINILM_NAME = "embedserve-test-minilm"
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    return Path(os.environ["BENTOML_HOME"])
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from tiny_models import minilm_dir as locate
+
+    return locate()
+
+
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory: pytest.TempPathFactory):
+    """The packaged all-MiniLM-L6-v2 exported end to end (parity gate included) and registered in the store."""
+    from export.config import ExportConfig
+    from export.pipeline import export_model
+
+    output = tmp_path_factory.mktemp("minilm") / "artifact"
+    return export_model(ExportConfig(name=MINILM_NAME, output=output, register=True))
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(minilm_export) -> Path:
+    return minilm_export.artifact_dir
+
+
+@pytest.fixture(scope="session")
+def st_minilm(minilm_dir: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")

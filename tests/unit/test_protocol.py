@@ -1,0 +1,89 @@
+"""OpenAI and TEI request validation: every client mistake is an InputError naming the field and limit."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from embedserve.config import Limits
+from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError
+from embedserve.protocol import encode_base64, openai_response, parse_openai, parse_tei
+
+LIMITS = Limits(max_inputs=3, max_chars=10)
+
+
+def test_openai_accepts_string_and_list():
+    assert parse_openai({"input": "hi", "model": "m"}, LIMITS, dimension=8).texts == ["hi"]
+    req = parse_openai({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}, LIMITS, dimension=8)
+    assert req.texts == ["a", "b"] and req.encoding_format == "base64" and req.dimensions == 4
+
+
+def test_tei_defaults():
+    req = parse_tei({"inputs": "x"}, LIMITS, dimension=8)
+    assert req.normalize is True and req.truncate is True and req.direction == "right"
+    req = parse_tei(
+        {"inputs": ["x"], "normalize": False, "truncate": False, "truncation_direction": "Left"}, LIMITS, dimension=8
+    )
+    assert (req.normalize, req.truncate, req.direction) == (False, False, "left")
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "fragment"),
+    [
+        ({"input": []}, EmptyInputError, "empty list"),
+        ({"input": ""}, EmptyInputError, "'input[0]' is an empty string"),
+        ({"input": ["ok", ""]}, EmptyInputError, "'input[1]'"),
+        ({}, InputError, "'input' is required"),
+        ({"input": 42}, InputError, "string or a list of strings"),
+        ({"input": [1, 2]}, InputError, "token ids"),
+        ({"input": ["a", None]}, InputError, "'input[1]' must be a string"),
+        ({"input": ["a", "b", "c", "d"]}, PayloadTooLargeError, "max_inputs=3"),
+        ({"input": "x" * 11}, PayloadTooLargeError, "max_chars=10"),
+        ({"input": "a", "encoding_format": "int8"}, InputError, "encoding_format"),
+        ({"input": "a", "dimensions": 0}, InputError, "between 1 and 8"),
+        ({"input": "a", "dimensions": 9}, InputError, "between 1 and 8"),
+        ({"input": "a", "dimensions": True}, InputError, "dimensions"),
+        ({"input": "a", "dimensions": "4"}, InputError, "dimensions"),
+        ({"input": "a", "model": 3}, InputError, "'model' must be a string"),
+        (["input"], InputError, "JSON object"),
+    ],
+)
+def test_openai_rejects(body, error, fragment):
+    with pytest.raises(error) as info:
+        parse_openai(body, LIMITS, dimension=8)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"inputs": "a", "normalize": "yes"}, "'normalize' must be true or false"),
+        ({"inputs": "a", "truncate": 1}, "'truncate'"),
+        ({"inputs": "a", "truncation_direction": "middle"}, "Right or Left"),
+        ({"inputs": "a", "prompt_name": 5}, "'prompt_name'"),
+        ({"input": "a"}, "'inputs' is required"),
+    ],
+)
+def test_tei_rejects(body, fragment):
+    with pytest.raises(InputError, match=fragment):
+        parse_tei(body, LIMITS, dimension=8)
+
+
+def test_limit_errors_carry_name_and_value():
+    with pytest.raises(PayloadTooLargeError) as info:
+        parse_tei({"inputs": ["a"] * 4}, LIMITS, dimension=8)
+    assert (info.value.limit_name, info.value.limit, info.value.param) == ("max_inputs", 3, "inputs")
+
+
+def test_openai_response_shape_and_base64_round_trip():
+    vectors = np.array([[0.5, -1.25], [3.0, 1e-8]], dtype=np.float32)
+    floats = openai_response(vectors, encoding_format="float", model="m", prompt_tokens=7)
+    assert [d["index"] for d in floats["data"]] == [0, 1]
+    assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert floats["data"][1]["embedding"] == pytest.approx([3.0, 1e-8])
+    b64 = openai_response(vectors, encoding_format="base64", model="m", prompt_tokens=7)
+    decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_array_equal(decoded, vectors[0])
+    assert encode_base64(vectors[1]) == b64["data"][1]["embedding"]
