@@ -188,7 +188,8 @@ def describe_pipeline(model: Any, source: Source) -> Pipeline:
     )
     hidden = int(transformer.auto_model.config.hidden_size)
     dimension = pooled_dimension(hidden, pooling_mode, dense)
-    st_dimension = model.get_sentence_embedding_dimension()
+    get_dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    st_dimension = get_dimension()
     if st_dimension is not None and st_dimension != dimension:
         raise UnsupportedModelError(
             f"computed dimension {dimension} differs from sentence-transformers' {st_dimension}"

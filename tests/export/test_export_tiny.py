@@ -1,0 +1,190 @@
+"""Export tier: tiny random-weight models built here, exported end to end, each passing the parity gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedserve import Embedder, RuntimeConfig, UnsupportedModelError
+from export import store
+from export.config import ExportConfig
+from export.parity import ParityError, ParityThresholds
+from export.pipeline import CPU_GRAPH, GPU_GRAPHS, export_model, recheck
+from tiny_models import build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+FRESH_TEXTS = [
+    "Tiny models still need faithful exports.",
+    "a",
+    "Zwei Flaschen Wasser, bitte!",
+    "def f(x):\n    return x * 2",
+    "long " * 400,
+]
+
+VARIANTS = {
+    "mean-normalize": dict(pooling="mean", normalize=True),
+    "cls-raw": dict(pooling="cls", normalize=False),
+    "cls-dense-tanh-normalize": dict(pooling="cls", dense=[(24, "Tanh")], normalize=True),
+    "max-lasttoken-dense-gelu": dict(
+        pooling=["max", "lasttoken"], dense=[(48, "GELU"), (16, "Identity")], normalize=False
+    ),
+    "mean-prompt-excluded": dict(
+        pooling="mean",
+        prompts={"query": "query: ", "passage": "passage: "},
+        default_prompt_name="query",
+        include_prompt=False,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def exported(request, tmp_path_factory):
+    work = tmp_path_factory.mktemp(request.param)
+    source = build_tiny_model(work / "source", seed=len(request.param), **VARIANTS[request.param])
+    name = f"tiny-{request.param}"
+    result = export_model(ExportConfig(model=str(source), name=name, output=work / "artifact"))
+    return request.param, source, result
+
+
+def test_artifact_files_manifest_and_store(exported):
+    variant, source, result = exported
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] is True
+    assert set(manifest["artifacts"]) == {"cpu", "gpu"}
+    assert manifest["artifacts"]["cpu"]["file"] == CPU_GRAPH and manifest["artifacts"]["cpu"]["precision"] == "int8"
+    assert manifest["artifacts"]["gpu"]["file"] == GPU_GRAPHS["fp32"]
+    for name, digest in manifest["files"].items():
+        assert (result.artifact_dir / name).is_file(), name
+        assert len(digest) == 64
+    assert manifest["source"]["kind"] == "local" and len(manifest["source"]["content_sha256"]) == 64
+    for package in ("onnxruntime-gpu", "optimum", "transformers", "sentence-transformers", "onnx", "torch"):
+        assert package in manifest["versions"], package
+    assert manifest["artifacts"]["cpu"]["quantization"]["per_channel"] is True
+    for role in ("cpu", "gpu"):
+        assert manifest["parity"]["artifacts"][role]["passed"] is True
+    # registered under its name, with the manifest's parity as metadata
+    stored = store.lookup(result.tag)
+    assert stored is not None and (stored / "manifest.json").is_file()
+    import bentoml
+
+    assert bentoml.models.get(result.tag).info.metadata["parity"]["passed"] is True
+
+
+def test_vectors_match_sentence_transformers_on_fresh_texts(exported):
+    variant, source, result = exported
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(source), device="cpu").encode(FRESH_TEXTS)
+    for role, floor in (("gpu", 0.99999), ("cpu", 0.99)):
+        embedder = Embedder(result.artifact_dir, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
+        vectors = embedder.embed(FRESH_TEXTS)
+        assert vectors.shape == reference.shape
+        cos = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cos.min() >= floor, (variant, role, cos)
+        if role == "gpu":  # fp32: the same numbers, not just the same direction
+            np.testing.assert_allclose(vectors, reference, atol=2e-4, rtol=1e-3)
+
+
+def test_recheck_passes_then_catches_a_tampered_head(exported, tmp_path):
+    variant, source, result = exported
+    assert recheck(result.artifact_dir)["passed"] is True
+    if variant != "mean-normalize":
+        return
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(result.artifact_dir, tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["model"]["pooling"] = ["cls"]  # what an exporter bug misreading 1_Pooling/config.json would do
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ParityError) as info:
+        recheck(tampered)
+    assert info.value.metric.startswith(("cosine", "max_abs", "top10", "spearman"))
+
+
+def test_parity_failure_registers_nothing(tmp_path, bentoml_home):
+    import bentoml
+
+    source = build_tiny_model(tmp_path / "source", seed=7)
+    output = tmp_path / "artifact"
+    impossible = ParityThresholds().with_override("int8.cosine_min=1.0000001")
+    with pytest.raises(ParityError) as info:
+        export_model(ExportConfig(model=str(source), name="tiny-must-fail", output=output, thresholds=impossible))
+    err = info.value
+    assert err.metric == "cosine_min" and err.threshold == 1.0000001 and err.value < 1.0
+    assert err.text  # names the worst text
+    assert "cpu (int8)" in str(err)
+    assert not output.exists()
+    assert not any(m.tag.name == "tiny-must-fail" for m in bentoml.models.list())
+    assert (tmp_path / "artifact.parity-failed.json").is_file()
+
+
+def test_exporter_bug_is_caught_by_the_gate(tmp_path, monkeypatch):
+    """If the exporter misread the pooling config, the gate (not a user) must notice."""
+    import dataclasses
+
+    from export import source as source_step
+
+    real = source_step.describe_pipeline
+
+    def misread(model, src):
+        pipeline = real(model, src)
+        return dataclasses.replace(pipeline, head=dataclasses.replace(pipeline.head, pooling=("cls",)))
+
+    monkeypatch.setattr(source_step, "describe_pipeline", misread)
+    model_dir = build_tiny_model(tmp_path / "source", seed=3, pooling="mean")
+    with pytest.raises(ParityError) as info:
+        export_model(ExportConfig(model=str(model_dir), name="tiny-misread", output=tmp_path / "artifact"))
+    assert "gpu (fp32)" in str(info.value)  # even the fp32 graph fails: the head is wrong, not the precision
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_unsupported_module_is_named(tmp_path):
+    from sentence_transformers.sentence_transformer.modules import LayerNorm
+
+    model_dir = build_tiny_model(tmp_path / "source", extra_modules=[LayerNorm(64)], normalize=False)
+    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+        export_model(ExportConfig(model=str(model_dir), name="tiny-layernorm", output=tmp_path / "artifact"))
+    assert not (tmp_path / "artifact").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_exit_codes(tmp_path):
+    model_dir = build_tiny_model(tmp_path / "source", seed=11)
+    failed = _cli(
+        "--model",
+        str(model_dir),
+        "--name",
+        "tiny-cli",
+        "--output",
+        str(tmp_path / "a"),
+        "--threshold",
+        "fp32.cosine_min=1.1",
+    )
+    assert failed.returncode == 3, failed.stderr
+    assert (
+        "cosine_min" in failed.stderr and "threshold 1.1" in failed.stderr and "nothing was registered" in failed.stderr
+    )
+    ok = _cli("--model", str(model_dir), "--name", "tiny-cli", "--output", str(tmp_path / "a"))
+    assert ok.returncode == 0, ok.stderr
+    assert "bentoml model: tiny-cli:" in ok.stdout and "Export finished in" in ok.stdout
+    assert "cpu int8" in ok.stdout  # the parity table
+    found = _cli("find", "--tag", "tiny-cli")
+    assert found.returncode == 0 and Path(found.stdout.strip()).is_dir()
+    assert _cli("find", "--tag", "no-such-model").returncode == 5
+    check = _cli("check", "--tag", "tiny-cli")
+    assert check.returncode == 0 and "parity OK" in check.stdout
+    assert _cli("--optimization", "O9").returncode == 2
+    assert _cli("--model", str(tmp_path / "missing")).returncode == 1
