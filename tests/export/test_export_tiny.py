@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import build_tiny_model
 
 from embedserve import Embedder, RuntimeConfig, UnsupportedModelError
 from export import store
 from export.config import ExportConfig
 from export.parity import ParityError, ParityThresholds
 from export.pipeline import CPU_GRAPH, GPU_GRAPHS, export_model, recheck
-from tiny_models import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 FRESH_TEXTS = [
@@ -53,7 +53,7 @@ def exported(request, tmp_path_factory):
 
 
 def test_artifact_files_manifest_and_store(exported):
-    variant, source, result = exported
+    _, _, result = exported
     manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is True
     assert set(manifest["artifacts"]) == {"cpu", "gpu"}
@@ -92,7 +92,7 @@ def test_vectors_match_sentence_transformers_on_fresh_texts(exported):
 
 
 def test_recheck_passes_then_catches_a_tampered_head(exported, tmp_path):
-    variant, source, result = exported
+    variant, _, result = exported
     assert recheck(result.artifact_dir)["passed"] is True
     if variant != "mean-normalize":
         return

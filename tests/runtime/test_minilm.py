@@ -147,12 +147,12 @@ def test_corrupt_graph_is_a_clear_error(minilm_artifact, tmp_path):
     data = bytearray(graph.read_bytes())
     data[1000:3000] = b"\xff" * 2000
     graph.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model_cpu_int8.onnx is corrupt"):
+    with pytest.raises(ArtifactError, match=r"model_cpu_int8\.onnx is corrupt"):
         Embedder(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY))
     graph.write_bytes(b"not an onnx file")
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         Embedder(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY, verify_hashes=False))
-    with pytest.raises(ArtifactError, match="manifest.json"):
+    with pytest.raises(ArtifactError, match=r"manifest\.json"):
         Embedder(tmp_path, RuntimeConfig())
 
 
