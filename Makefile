@@ -39,9 +39,8 @@ model: setup
 serve: model ## set up, export the default model if the store lacks it, and serve it on PORT (default 3000)
 	EMBEDSERVE_MODEL=$(MODEL_NAME):latest $(BIN)/bentoml serve service:Embeddings --port $(PORT)
 
-build: model ## export if needed, re-run the parity gate on the stored model, then `bentoml build`
-	$(PY) -m export check --tag $(MODEL_NAME):latest
-	EMBEDSERVE_MODEL=$(MODEL_NAME):latest $(BIN)/bentoml build .
+build: setup ## export if needed, re-run the parity gate on the stored model, then `bentoml build`
+	$(PY) -m export build --name $(MODEL_NAME) $(EXPORT_ARGS)
 
 test: setup ## set up and run the whole test suite (unit, export, runtime, service)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -15,8 +15,10 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -24,6 +26,11 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+try:
+    import embedserve  # noqa: F401  (installed in the dev venv with `pip install -e .`)
+except ImportError:  # inside a built bento the library ships as src/embedserve next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from embedserve import (
     Embedder,

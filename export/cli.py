@@ -3,6 +3,7 @@
     python -m export [--model ID_OR_DIR] [--name NAME] [--output DIR] ...   export + parity gate + register
     python -m export check (--artifact DIR | --tag NAME[:VERSION])           re-run the parity gate
     python -m export find --tag NAME[:VERSION]                               print a stored model's directory
+    python -m export build [--name NAME] [--threshold ...]                   parity gate, then `bentoml build`
 
 Exit codes: 0 success, 2 bad arguments, 3 parity failed, 4 model not supported, 5 not found, 1 other errors.
 """
@@ -40,12 +41,31 @@ def _add_parity_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.config import GPU_PRECISIONS, OPTIMIZATION_LEVELS, QUANTIZATION_PRESETS
-
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="export a model (the default command)")
+    _add_export_options(run)
+    _add_parity_options(run)
+
+    check = sub.add_parser("check", help="re-run the parity gate on an existing artifact")
+    where = check.add_mutually_exclusive_group(required=True)
+    where.add_argument("--artifact", type=Path, help="artifact directory")
+    where.add_argument("--tag", help="BentoML model tag (name or name:version)")
+    _add_parity_options(check)
+
+    find = sub.add_parser("find", help="print the directory of a model in the BentoML store")
+    find.add_argument("--tag", required=True, help="BentoML model tag (name or name:version)")
+
+    build = sub.add_parser("build", help="export if needed, re-run the parity gate, then `bentoml build`")
+    _add_export_options(build)
+    _add_parity_options(build)
+    return parser
+
+
+def _add_export_options(run: argparse.ArgumentParser) -> None:
+    from export.config import GPU_PRECISIONS, OPTIMIZATION_LEVELS, QUANTIZATION_PRESETS
+
     run.add_argument(
         "--model", help="hub id or local sentence-transformers directory (default: packaged all-MiniLM-L6-v2)"
     )
@@ -58,17 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (measured unusable on MiniLM)")
     run.add_argument("--no-register", action="store_true", help="do not save into the BentoML model store")
     run.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
-    _add_parity_options(run)
-
-    check = sub.add_parser("check", help="re-run the parity gate on an existing artifact")
-    where = check.add_mutually_exclusive_group(required=True)
-    where.add_argument("--artifact", type=Path, help="artifact directory")
-    where.add_argument("--tag", help="BentoML model tag (name or name:version)")
-    _add_parity_options(check)
-
-    find = sub.add_parser("find", help="print the directory of a model in the BentoML store")
-    find.add_argument("--tag", required=True, help="BentoML model tag (name or name:version)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parity OK: {directory}")
             return 0
         from export.config import ExportConfig
-        from export.pipeline import export_model
 
         config = ExportConfig(
             model=args.model,
@@ -125,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             corpus=args.corpus,
             trust_remote_code=args.trust_remote_code,
         )
+        if args.command == "build":
+            from export.bento import build_bento
+
+            build_bento(config, thresholds=thresholds if args.threshold else None)
+            return 0
+        from export.pipeline import export_model
+
         result = export_model(config)
         print(f"artifact: {result.artifact_dir}")
         if result.tag:
@@ -132,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print("nothing was registered in the model store", file=sys.stderr)
+        if args.command == "build":
+            print("refusing to build: the bento was not built", file=sys.stderr)
+        elif args.command == "run":
+            print("nothing was registered in the model store", file=sys.stderr)
         return EXIT_PARITY
     except UnsupportedModelError as exc:
         print(f"error: model not supported: {exc}", file=sys.stderr)
         return EXIT_UNSUPPORTED
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

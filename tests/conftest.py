@@ -15,7 +15,6 @@ TESTS = Path(__file__).resolve().parent
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="embedserve-test-bentoml-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for path in (str(ROOT), str(TESTS)):
     if path not in sys.path:
         sys.path.insert(0, path)

@@ -1,0 +1,62 @@
+"""Step 8 (``make build``): the parity gate on the stored model, then ``bentoml build`` pinned to that model.
+
+The bento is built only after the exact model version it bundles passed the gate again (with the thresholds
+recorded at export, or stricter ones given on the command line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from export import store
+from export.config import ExportConfig
+from export.parity import ParityThresholds
+from export.pipeline import export_model, recheck
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_bento(
+    config: ExportConfig,
+    *,
+    thresholds: ParityThresholds | None = None,
+    project_dir: Path = ROOT,
+    stream: TextIO | None = None,
+) -> str:
+    """Export ``config.model_name`` if the store lacks it, re-check parity, then ``bentoml build``.
+
+    Returns:
+        The bento tag.
+
+    Raises:
+        ParityError: the stored model fails the gate; no bento is built.
+        RuntimeError: ``bentoml build`` failed (its output is in the message).
+    """
+    stream = stream or sys.stdout
+    name = config.model_name
+    path = store.lookup(f"{name}:latest")
+    if path is None:
+        print(f"model {name} is not in the BentoML store: exporting it first", file=stream, flush=True)
+        export_model(config, stream=stream)
+        path = store.lookup(f"{name}:latest")
+        assert path is not None
+    import bentoml
+
+    tag = str(bentoml.models.get(f"{name}:latest").tag)
+    print(f"parity gate on {tag} ({path})", file=stream, flush=True)
+    recheck(path, thresholds=thresholds, stream=stream)
+    env = {**os.environ, "EMBEDSERVE_MODEL": tag}
+    command = [str(Path(sys.executable).parent / "bentoml"), "build", str(project_dir), "--output", "tag"]
+    result = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"bentoml build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    match = re.search(r"__tag__:(\S+)", result.stdout) or re.search(r"(embedserve:\w+)", result.stdout)
+    bento = match.group(1) if match else result.stdout.strip().splitlines()[-1]
+    print(f"bento: {bento} (model {tag})", file=stream, flush=True)
+    print(f"containerize with: bentoml containerize {bento}", file=stream, flush=True)
+    return bento

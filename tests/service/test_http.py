@@ -1,0 +1,243 @@
+"""The service over real HTTP: routes, both wire protocols, real client SDKs, bad input, concurrency."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+UNSEEN = [
+    "Where can I recycle old laptop batteries?",
+    "The central bank held interest rates at 4.25% for the third meeting in a row.",
+    "Comment réinitialiser le mot de passe de mon routeur ?",
+    "async def fetch(session, url):\n    async with session.get(url) as r:\n        return await r.text()",
+    "🍕🍕 best slice in town, no cap",
+    "Symptoms of vitamin D deficiency include fatigue and bone pain.",
+]
+
+
+def cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def post(url: str, path: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def manifest(minilm_artifact) -> dict:
+    return json.loads((minilm_artifact / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(st_minilm) -> np.ndarray:
+    return st_minilm.encode(UNSEEN)
+
+
+def test_health_routes(url):
+    assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_info_reports_model_limits_providers_and_parity(url, manifest):
+    info = httpx.get(f"{url}/info", timeout=10).json()
+    assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info["dimension"] == 384 and info["max_input_tokens"] == 256
+    for limit in ("max_inputs", "max_chars", "max_body_bytes", "max_queue_texts", "max_batch_size", "max_batch_tokens"):
+        assert isinstance(info["limits"][limit], int), limit
+    providers = info["runtime"]["providers"]
+    # onnxruntime-gpu is installed: CUDA is asked for, the CPU is what we get, and /info says so with the reason.
+    assert "CUDAExecutionProvider" in providers["requested"]
+    assert providers["active"] == ["CPUExecutionProvider"]
+    assert providers["fell_back"] is True and providers["dropped"]["CUDAExecutionProvider"]
+    assert info["runtime"]["artifact_role"] == "cpu" and info["runtime"]["precision"] == "int8"
+    parity = info["parity"]
+    assert parity["passed"] is True
+    assert parity["artifacts"]["cpu"]["cosine_min"] == manifest["parity"]["artifacts"]["cpu"]["metrics"]["cosine_min"]
+    assert info["versions"]["serving"]["onnxruntime"] and info["versions"]["export"]["torch"]
+
+
+def test_openai_float_and_base64(url, reference, manifest):
+    floats = post(url, "/v1/embeddings", {"input": UNSEEN, "model": "all-MiniLM-L6-v2"})
+    assert floats.status_code == 200
+    body = floats.json()
+    assert body["object"] == "list" and body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert [d["index"] for d in body["data"]] == list(range(len(UNSEEN)))
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > len(UNSEEN)
+    vectors = np.array([d["embedding"] for d in body["data"]])
+    assert vectors.shape == (len(UNSEEN), 384)
+    assert cosine(vectors, reference).min() >= manifest["parity"]["thresholds"]["int8"]["cosine_min"]
+    b64 = post(url, "/v1/embeddings", {"input": UNSEEN, "encoding_format": "base64"}).json()
+    decoded = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in b64["data"]])
+    np.testing.assert_allclose(decoded, vectors, atol=1e-6)
+
+
+def test_openai_dimensions_truncate_and_renormalise(url):
+    full = np.array(post(url, "/v1/embeddings", {"input": "matryoshka"}).json()["data"][0]["embedding"])
+    cut = np.array(
+        post(url, "/v1/embeddings", {"input": "matryoshka", "dimensions": 32}).json()["data"][0]["embedding"]
+    )
+    assert cut.shape == (32,) and np.linalg.norm(cut) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(cut, full[:32] / np.linalg.norm(full[:32]), atol=1e-5)
+
+
+def test_openai_sdk_unmodified(url, reference, manifest):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    floor = manifest["parity"]["thresholds"]["int8"]["cosine_min"]
+    default = client.embeddings.create(model="all-MiniLM-L6-v2", input=UNSEEN)  # the SDK asks for base64
+    as_float = client.embeddings.create(model="all-MiniLM-L6-v2", input=UNSEEN, encoding_format="float")
+    for response in (default, as_float):
+        vectors = np.array([d.embedding for d in sorted(response.data, key=lambda d: d.index)])
+        assert cosine(vectors, reference).min() >= floor
+    single = client.embeddings.create(model="x", input="one text", dimensions=128)
+    assert len(single.data[0].embedding) == 128
+    with pytest.raises(openai.BadRequestError):  # 4xx surfaces as the SDK's own error type
+        client.embeddings.create(model="x", input=[])
+
+
+def test_huggingface_inference_client_unmodified(url, reference, manifest):
+    hub = pytest.importorskip("huggingface_hub")
+    floor = manifest["parity"]["thresholds"]["int8"]["cosine_min"]
+    for endpoint in (url, f"{url}/embed"):
+        client = hub.InferenceClient(model=endpoint)
+        vector = np.asarray(client.feature_extraction(UNSEEN[0]))
+        assert vector.shape == (1, 384)
+        assert cosine(vector[0], reference[0]) >= floor
+
+
+def test_tei_embed(url, reference):
+    response = post(url, "/embed", {"inputs": UNSEEN})
+    assert response.status_code == 200
+    vectors = np.array(response.json())
+    assert vectors.shape == (len(UNSEEN), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    raw = np.array(post(url, "/embed", {"inputs": UNSEEN[0], "normalize": False}).json())
+    alone = np.array(post(url, "/embed", {"inputs": UNSEEN[0]}).json())
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
+    np.testing.assert_allclose(raw[0] / np.linalg.norm(raw[0]), alone[0], atol=1e-5)
+    assert np.array(post(url, "/embed", {"inputs": "x", "dimensions": 8}).json()).shape == (1, 8)
+    long = "word " * 400
+    assert post(url, "/embed", {"inputs": long}).status_code == 200  # truncated by default
+    left = np.array(post(url, "/embed", {"inputs": long + " finale", "truncation_direction": "Left"}).json())
+    assert left.shape == (1, 384)
+
+
+def test_timing_headers(url):
+    response = post(url, "/v1/embeddings", {"input": "headers"})
+    for header in ("x-embedserve-tokenize-ms", "x-embedserve-queue-ms", "x-embedserve-inference-ms"):
+        assert float(response.headers[header]) >= 0
+    assert response.headers["x-embedserve-provider"] == "cpu"
+
+
+def test_metrics_labelled_with_route_and_provider(url):
+    post(url, "/v1/embeddings", {"input": "metrics"})
+    post(url, "/embed", {"inputs": ""})  # a 400 is counted too
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'embedserve_request_duration_seconds_count{provider="cpu",route="/v1/embeddings",status="200"}' in text
+    assert 'route="/embed",status="400"' in text
+    assert "embedserve_texts_total" in text
+
+
+BAD_OPENAI = [
+    (b"{not json", 400, None, "not valid JSON"),
+    ([1, 2], 422, None, "JSON object"),
+    ({}, 422, "input", "'input' is required"),
+    ({"input": []}, 400, "input", "empty list"),
+    ({"input": ""}, 400, "input", "empty string"),
+    ({"input": ["ok", 5]}, 422, "input", "'input[1]' must be a string"),
+    ({"input": [[101, 2023]]}, 422, "input", "token ids"),
+    ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format", "float, base64"),
+    ({"input": "a", "dimensions": 0}, 422, "dimensions", "between 1 and 384"),
+    ({"input": "a", "dimensions": 385}, 422, "dimensions", "between 1 and 384"),
+    ({"input": "a", "dimensions": "64"}, 422, "dimensions", "between 1 and 384"),
+    ({"input": ["a"] * 257}, 413, "input", "max_inputs=256"),
+    ({"input": "x" * 20001}, 413, "input", "max_chars=20000"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param", "fragment"), BAD_OPENAI)
+def test_openai_bad_input_is_a_clear_4xx(url, body, status, param, fragment):
+    if isinstance(body, bytes):
+        response = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    else:
+        response = post(url, "/v1/embeddings", body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert fragment in error["message"]
+
+
+BAD_TEI = [
+    ({"inputs": "word " * 300, "truncate": False}, 413, "max_input_tokens=256"),
+    ({"inputs": []}, 400, "empty list"),
+    ({"inputs": "a", "normalize": "no"}, 422, "'normalize' must be true or false"),
+    ({"inputs": "a", "truncation_direction": "up"}, 422, "Right or Left"),
+    ({"inputs": "a", "prompt_name": "query"}, 422, "unknown prompt_name 'query'"),
+    ({"inputs": 3.5}, 422, "string or a list of strings"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), BAD_TEI)
+def test_tei_bad_input_is_a_clear_4xx(url, body, status, fragment):
+    response = post(url, "/embed", body)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert fragment in payload["error"] and payload["error_type"] in ("Validation", "Empty")
+
+
+def test_wrong_method_and_unknown_route(url):
+    assert httpx.get(f"{url}/v1/embeddings", timeout=10).status_code == 405
+    assert httpx.post(f"{url}/v2/nothing", json={}, timeout=10).status_code == 404
+
+
+def test_64_concurrent_clients_each_get_their_own_vectors(url):
+    """64 clients at once, distinct texts (1-4 per request): no error, no vector given to the wrong caller."""
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+    requests = []
+    for i in range(64):
+        count = 1 + i % 4
+        requests.append(
+            [
+                f"request {i} item {j}: " + " ".join(words[(i * 7 + j * 3 + k) % 16] for k in range(3 + (i * j) % 40))
+                for j in range(count)
+            ]
+        )
+    barrier = threading.Barrier(64)
+
+    def call(texts):
+        with httpx.Client(timeout=120) as client:
+            barrier.wait()
+            return client.post(f"{url}/v1/embeddings", json={"input": texts})
+
+    for _ in range(3):  # three rounds of 64 simultaneous requests
+        with ThreadPoolExecutor(64) as pool:
+            responses = list(pool.map(call, requests))
+        assert [r.status_code for r in responses] == [200] * 64
+        got = [
+            np.array([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]) for r in responses
+        ]
+        all_texts = [t for texts in requests for t in texts]
+        alone = np.array([post(url, "/v1/embeddings", {"input": t}).json()["data"][0]["embedding"] for t in all_texts])
+        flat = np.concatenate(got)
+        assert flat.shape == alone.shape
+        sims = flat @ alone.T  # unit vectors: cosine
+        assert (sims.argmax(axis=1) == np.arange(len(all_texts))).all(), "a caller received another text's vector"
+        assert np.diag(sims).min() >= 0.93  # dynamic int8: batch mates move a vector a little, never far
+
+
+def test_same_text_alone_or_in_a_batch(url):
+    text = "batch invariance matters for caching and deduplication"
+    alone = post(url, "/embed", {"inputs": text}).json()[0]
+    mates = [f"filler text number {i} " * (1 + i % 9) for i in range(15)]
+    batched = post(url, "/embed", {"inputs": [*mates[:7], text, *mates[7:]]}).json()[7]
+    assert cosine(alone, batched) >= 0.93
