@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ from export.parity import ParityError, ParityThresholds, ProbeCorpus, evaluate, 
 log = logging.getLogger(__name__)
 
 CPU_GRAPH = "model_cpu_int8.onnx"
+MIXED_BATCH = 16
+MIXED_SEED = 20261125
 GPU_GRAPHS = {"fp32": "model_gpu_fp32.onnx", "fp16": "model_gpu_fp16.onnx"}
 
 
@@ -107,6 +109,7 @@ def run_parity(
 
         candidates = {"batched": embed(list(texts))}
         candidates["single"] = np.concatenate([embed([t]) for t in _bar(texts, f"parity {role} batch-1")], axis=0)
+        candidates["mixed"] = _mixed_batches(embed, texts)
         try:
             reports[role] = evaluate(
                 role=role,
@@ -127,9 +130,26 @@ def run_parity(
         "passed": True,
         "corpus": corpus.summary(),
         "reference": "SentenceTransformer.encode (torch, CPU)",
-        "modes": "worst of: whole corpus in one call (sorted, token-budget batches) and each text alone",
+        "modes": (
+            "worst of: whole corpus in one call (sorted, token-budget batches); each text alone; "
+            f"shuffled calls of {MIXED_BATCH} texts (mixed lengths padded together)"
+        ),
         "artifacts": reports,
     }
+
+
+def _mixed_batches(embed: Callable[[Any], np.ndarray], texts: Sequence[str], size: int = MIXED_BATCH) -> np.ndarray:
+    """Texts in a fixed random order, ``size`` per call: short and long texts padded together, as concurrent
+    requests of a busy service are."""
+    order = np.random.default_rng(MIXED_SEED).permutation(len(texts))
+    out = np.empty((len(texts), 0), dtype=np.float32)
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        vectors = embed([texts[i] for i in chunk])
+        if out.shape[1] == 0:
+            out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[chunk] = vectors
+    return out
 
 
 def reference_vectors(model: Any, corpus: ProbeCorpus) -> np.ndarray:

@@ -3,7 +3,7 @@
 The preset comes from Optimum's ``AutoQuantizationConfig`` (per-channel, symmetric int8 weights, uint8
 activations). It is applied with ``onnxruntime.quantization.quantize_dynamic`` because ``ORTQuantizer`` fails on an
 O2/O3-optimized graph (``DefaultTensorType``) and the optimized graph quantizes better: on MiniLM, min cosine
-0.980 vs 0.968 for the plain export, and ~10% faster (measured in this repo, see export/README.md).
+0.980 vs 0.968 for the plain export, and ~10% faster (measured in this repo, see docs/parity.md).
 """
 
 from __future__ import annotations
