@@ -126,21 +126,24 @@ class _Metrics:
             self.tokens.labels(route, self.provider).inc(tokens)
 
 
-def _openai_error_body(exc: EmbedServeError, status: int) -> dict:
+def _openai_error_body(exc: EmbedServeError) -> dict:
     if isinstance(exc, InputError):
-        return openai_error(
-            exc.message, error_type="invalid_request_error", param=exc.param, code=exc.limit_name or exc.kind
-        )
+        code = exc.limit_name or exc.kind
+        return openai_error(exc.message, error_type="invalid_request_error", param=exc.param, code=code)
     if isinstance(exc, OverloadedError):
         return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
     return openai_error(str(exc), error_type="server_error")
 
 
-def _tei_error_body(exc: EmbedServeError, status: int) -> dict:
-    kinds = {413: "Validation", 400: "Empty" if isinstance(exc, EmptyInputError) else "Validation", 422: "Validation"}
-    return tei_error(
-        getattr(exc, "message", str(exc)), error_type="Overloaded" if status == 429 else kinds.get(status, "Backend")
-    )
+def _tei_error_body(exc: EmbedServeError) -> dict:
+    """TEI's error types: Empty, Validation, Overloaded, Backend."""
+    if isinstance(exc, EmptyInputError):
+        return tei_error(exc.message, error_type="Empty")
+    if isinstance(exc, InputError):
+        return tei_error(exc.message, error_type="Validation")
+    if isinstance(exc, OverloadedError):
+        return tei_error(exc.message, error_type="Overloaded")
+    return tei_error(str(exc), error_type="Backend")
 
 
 async def openai_embeddings(request: Request) -> Response:
@@ -237,7 +240,7 @@ class Embeddings:
         route: str,
         parse: Callable[[Any], EmbedRequest],
         respond: Callable[[EmbedRequest, Any, int], Any],
-        error_body: Callable[[EmbedServeError, int], dict],
+        error_body: Callable[[EmbedServeError], dict],
     ) -> Response:
         started = time.perf_counter()
         status, texts, tokens = 500, 0, 0
@@ -269,15 +272,13 @@ class Embeddings:
             if status >= 500:
                 log.exception("request failed")
             headers = {"retry-after": str(int(max(1, exc.retry_after_s)))} if isinstance(exc, OverloadedError) else {}
-            return JSONResponse(error_body(exc, status), status_code=status, headers=headers)
+            return JSONResponse(error_body(exc), status_code=status, headers=headers)
         except ClientDisconnect:
             status = 499
             return Response(status_code=status)
         except Exception as exc:  # a server fault: log it, answer 500 in the protocol's shape
             log.exception("request failed")
-            return JSONResponse(
-                error_body(EmbedServeError(f"internal error: {type(exc).__name__}"), 500), status_code=500
-            )
+            return JSONResponse(error_body(EmbedServeError(f"internal error: {type(exc).__name__}")), status_code=500)
         finally:
             self.metrics.observe(route, status, time.perf_counter() - started, texts, tokens)
 
