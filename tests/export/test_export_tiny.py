@@ -188,3 +188,16 @@ def test_cli_exit_codes(tmp_path):
     assert check.returncode == 0 and "parity OK" in check.stdout
     assert _cli("--optimization", "O9").returncode == 2
     assert _cli("--model", str(tmp_path / "missing")).returncode == 1
+
+
+def test_fp16_gpu_artifact(tmp_path):
+    """--gpu-precision fp16: an O4 graph for GPUs, checked with the fp16 thresholds (here on the CPU provider)."""
+    model_dir = build_tiny_model(tmp_path / "source", seed=5)
+    result = export_model(
+        ExportConfig(model=str(model_dir), output=tmp_path / "artifact", register=False, gpu_precision="fp16")
+    )
+    gpu = result.manifest["artifacts"]["gpu"]
+    assert gpu["file"] == GPU_GRAPHS["fp16"] and gpu["precision"] == "fp16" and gpu["optimization"] == "O4"
+    report = result.manifest["parity"]["artifacts"]["gpu"]
+    assert report["passed"] and report["thresholds"]["cosine_min"] == 0.999
+    assert result.tag is None
