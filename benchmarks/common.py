@@ -17,6 +17,7 @@ import platform
 import random
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,6 +356,60 @@ def make_workloads(
             target = LENGTH_TARGETS[name]
         workloads[name] = Workload(name, tuple(texts), tuple(counter.count(texts)), target)
     return workloads
+
+
+# -- other processes' load ------------------------------------------------------------------------------------
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds the whole machine spent busy since boot (``/proc/stat``; steal time counted as busy)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class ForeignLoad:
+    """How many cores *other* processes kept busy over an interval: the machine's busy CPU time minus this
+    process's (all threads) and minus ``known()`` (e.g. a server this benchmark started).
+
+    On a shared machine a neighbour taking a core slows multi-threaded runtimes unequally (a thread pool waits for
+    its descheduled thread), so every measurement records this next to it.
+
+    Args:
+        known: CPU seconds of other processes that belong to the measurement, or ``None``.
+    """
+
+    def __init__(self, known: Any = None) -> None:
+        self._known = known
+        self._start: tuple[float, float, float, float] | None = None
+
+    def _sample(self) -> tuple[float, float, float, float] | None:
+        busy = _machine_busy_s()
+        if busy is None:
+            return None
+        times = os.times()
+        known = self._known() if self._known else 0.0
+        return (time.perf_counter(), busy, times.user + times.system, known or 0.0)
+
+    def start(self) -> None:
+        """Begin an interval."""
+        self._start = self._sample()
+
+    def stop(self) -> float | None:
+        """End the interval: other processes' busy cores, averaged over it (``None`` off Linux)."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        wall = end[0] - self._start[0]
+        if wall <= 0:
+            return None
+        foreign = (end[1] - self._start[1]) - (end[2] - self._start[2]) - (end[3] - self._start[3])
+        return round(max(0.0, foreign) / wall, 3)
 
 
 # -- statistics -----------------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ class PhaseTimings:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def reset(self) -> None:
+        for name, value in asdict(PhaseTimings()).items():
+            setattr(self, name, value)
+
 
 class Embedder:
     """Embeds texts with an exported artifact.
@@ -239,7 +243,7 @@ class Embedder:
         text = " ".join(["warmup"] * (self.max_seq_length * 2))
         self.embed([text] * batch)
         self.embed(["warmup"])
-        self.timings = PhaseTimings()
+        self.timings.reset()
         return time.perf_counter() - started
 
     @staticmethod
@@ -266,6 +270,7 @@ class Embedder:
             "providers": self.providers.as_dict(),
             "intra_op_threads": self.config.intra_op_threads,
             "inter_op_threads": self.config.inter_op_threads,
+            "allow_spinning": self.config.allow_spinning,
             "max_batch_size": self.config.max_batch_size,
             "max_batch_tokens": self.config.max_batch_tokens,
             "onnxruntime": ort.__version__,
