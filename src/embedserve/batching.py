@@ -25,27 +25,50 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def plan_batches(lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
-    """Sort item indices by length and cut them into batches.
+#: Fixed cost of one inference call, in padded tokens (measured: splitting a 64-text mixed request was fastest
+#: with 16-64 tokens, see README "Performance"). It keeps the planner from cutting batches that are too small.
+BATCH_OVERHEAD_TOKENS = 32
 
-    A batch holds at most ``max_batch_size`` items and at most ``max_batch_tokens`` padded tokens
-    (``len(batch) * longest``); an item longer than the token budget gets a batch of its own.
+
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    max_batch_size: int,
+    max_batch_tokens: int,
+    batch_overhead_tokens: int = BATCH_OVERHEAD_TOKENS,
+) -> list[np.ndarray]:
+    """Sort item indices by length and cut them into batches that waste the least padding.
+
+    Every batch is padded to its longest item, so its cost is ``len(batch) * longest`` tokens plus a fixed
+    ``batch_overhead_tokens`` per call. Over the sorted items, an exact dynamic programme picks the cut points that
+    minimise the total cost: a short text is not padded to 256 tokens because one long text arrived with it
+    (measured 2-3x faster than fixed batches of 32 on mixed lengths). A batch holds at most ``max_batch_size``
+    items and at most ``max_batch_tokens`` padded tokens; an item longer than the token budget gets a batch of
+    its own.
 
     Returns:
         Index arrays into ``lengths``, shortest batches first.
     """
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    ordered = [int(lengths[i]) for i in order]
+    n = len(ordered)
+    best = [0.0] + [float("inf")] * n  # best[i]: least cost of the first i sorted items
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = ordered[end - 1]
+        for start in range(end - 1, max(-1, end - 1 - max_batch_size), -1):
+            count = end - start
+            if count > 1 and count * longest > max_batch_tokens:
+                break
+            cost = best[start] + count * longest + batch_overhead_tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
     batches: list[np.ndarray] = []
-    start = 0
-    n = len(order)
-    while start < n:
-        end = start + 1
-        # Sorted ascending, so the last item added is the longest: the padded size is count * its length.
-        while end < n and end - start < max_batch_size and (end - start + 1) * lengths[order[end]] <= max_batch_tokens:
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
+    end = n
+    while end > 0:
+        batches.append(order[cut[end] : end])
+        end = cut[end]
+    return batches[::-1]
 
 
 @dataclass

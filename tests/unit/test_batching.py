@@ -24,6 +24,25 @@ def test_plan_sorts_and_respects_both_budgets():
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 200
 
 
+def test_plan_does_not_pad_short_texts_to_a_long_one():
+    lengths = [10] * 7 + [250]
+    batches = plan_batches(lengths, max_batch_size=32, max_batch_tokens=8192)
+    assert [sorted(b.tolist()) for b in batches] == [list(range(7)), [7]]
+    # equal lengths stay together (one call is cheaper than several)
+    assert len(plan_batches([60] * 32, max_batch_size=32, max_batch_tokens=8192)) == 1
+
+
+def test_plan_minimises_padded_tokens_plus_call_overhead():
+    rng = np.random.default_rng(0)
+    lengths = rng.choice([5, 12, 40, 60, 120, 256], size=64).tolist()
+    batches = plan_batches(lengths, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=32)
+    cost = sum(len(b) * max(lengths[i] for i in b) + 32 for b in batches)
+    fixed = plan_batches(lengths, max_batch_size=32, max_batch_tokens=8192, batch_overhead_tokens=10**9)
+    fixed_cost = sum(len(b) * max(lengths[i] for i in b) + 32 for b in fixed)
+    assert len(fixed) == 2  # a huge call overhead degenerates to full batches of 32
+    assert cost < fixed_cost / 1.5
+
+
 def test_plan_gives_an_oversized_item_its_own_batch():
     batches = plan_batches([1000, 2], max_batch_size=32, max_batch_tokens=100)
     assert [b.tolist() for b in batches] == [[1], [0]]
