@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -47,6 +48,7 @@ from embedserve import (
 from embedserve.batching import MicroBatcher
 from embedserve.protocol import (
     EmbedRequest,
+    dumps,
     openai_error,
     openai_response,
     parse_openai,
@@ -210,7 +212,7 @@ class Embeddings:
             self.embedder.embed_encoded,
             max_queue_items=limits.max_queue_texts,
             max_wait_s=limits.batch_wait_ms / 1000.0,
-            max_items_per_job=max(limits.max_inputs, self.settings.runtime.max_batch_size * 8),
+            max_items_per_job=limits.max_job_texts,
         )
         self.metrics = _Metrics(short_name(providers.primary))
         self.warmup_s = self.embedder.warmup()
@@ -230,7 +232,7 @@ class Embeddings:
         )
 
     def respond_tei(self, request: EmbedRequest, vectors: Any, tokens: int) -> Any:
-        return vectors.tolist()
+        return np.asarray(vectors, dtype=np.float32)
 
     # -- the one request path ---------------------------------------------------------------------------------
 
@@ -266,7 +268,7 @@ class Embeddings:
                 "x-embedserve-inference-ms": f"{submitted.compute_s * 1000:.2f}",
                 "x-embedserve-batch-texts": str(submitted.job_items),
             }
-            return JSONResponse(respond(req, vectors, tokens), headers=headers)
+            return Response(dumps(respond(req, vectors, tokens)), media_type="application/json", headers=headers)
         except EmbedServeError as exc:
             status = status_for(exc)
             if status >= 500:

@@ -219,6 +219,25 @@ def run_rep(runner: Runner, chunks: Sequence[Sequence[str]]) -> Rep:
     return Rep(wall, latencies, PhaseTimings(**timings.as_dict()) if timings else None)
 
 
+def run_interleaved(
+    runners: dict[str, Runner], chunks: list[list[str]], repeats: int
+) -> tuple[dict[str, list[Rep]], float]:
+    """``repeats`` repetitions of every engine on ``chunks``, the engine order rotated each repetition.
+
+    Returns:
+        The repetitions per engine, and how many cores other processes kept busy meanwhile.
+    """
+    reps: dict[str, list[Rep]] = {name: [] for name in runners}
+    names = list(runners)
+    others = ForeignLoad()
+    others.start()
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            reps[name].append(run_rep(runners[name], chunks))
+    return reps, others.stop()
+
+
 def warm_up(runner: Runner, chunks: Sequence[Sequence[str]], *, long_s: float = 1.0, probe_s: float = 0.3) -> float:
     """Warm up with the first chunk (untimed), then estimate one call's seconds on the next few chunks.
 
@@ -310,16 +329,10 @@ def measure_cell(
     chunks = [workload.take(batch_size, i * batch_size) for i in range(calls)]
     n_texts = calls * batch_size
     n_tokens = workload.token_total(n_texts)
-    reps: dict[str, list[Rep]] = {name: [] for name in runners}
+    reps, other_cores = run_interleaved(runners, chunks, repeats)
     names = list(runners)
-    others = ForeignLoad()
-    others.start()
-    for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            reps[name].append(run_rep(runners[name], chunks))
     return {
-        "other_processes_cores": others.stop(),
+        "other_processes_cores": other_cores,
         "batch_size": batch_size,
         "length": workload.name,
         "calls_per_rep": calls,
@@ -340,16 +353,10 @@ def measure_whole_call(runners: dict[str, Runner], workload: Workload, n_texts: 
     """
     chunks = [workload.take(n_texts)]
     n_tokens = workload.token_total(n_texts)
-    reps: dict[str, list[Rep]] = {name: [] for name in runners}
+    reps, other_cores = run_interleaved(runners, chunks, repeats)
     names = list(runners)
-    others = ForeignLoad()
-    others.start()
-    for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            reps[name].append(run_rep(runners[name], chunks))
     return {
-        "other_processes_cores": others.stop(),
+        "other_processes_cores": other_cores,
         "length": workload.name,
         "texts_per_call": n_texts,
         "mean_tokens": round(n_tokens / n_texts, 2),

@@ -25,6 +25,9 @@ EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above
 EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model; above it requests get 429 at once.
 EMBEDSERVE_BATCH_WAIT_MS               2            how long the batcher waits for more requests once one arrived;
                                                     more waiting = fuller batches but added latency.
+EMBEDSERVE_MAX_JOB_TEXTS               32           texts handed to the model thread at once (a request is never
+                                                    split). Smaller jobs let HTTP work for one group of requests
+                                                    overlap inference for another; larger ones batch better.
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
 =====================================  ===========  ====================================================================
 """
@@ -88,9 +91,10 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_queue_texts: int = 4096
     batch_wait_ms: float = 2.0
+    max_job_texts: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue_texts"):
+        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue_texts", "max_job_texts"):
             _positive(name, getattr(self, name))
         if self.batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
@@ -135,6 +139,7 @@ class Settings:
         reader.put(limit_kwargs, "max_body_bytes", "MAX_BODY_BYTES", int)
         reader.put(limit_kwargs, "max_queue_texts", "MAX_QUEUE_TEXTS", int)
         reader.put(limit_kwargs, "batch_wait_ms", "BATCH_WAIT_MS", float)
+        reader.put(limit_kwargs, "max_job_texts", "MAX_JOB_TEXTS", int)
         try:
             return cls(runtime=RuntimeConfig(**runtime_kwargs), limits=Limits(**limit_kwargs))
         except ConfigError as exc:

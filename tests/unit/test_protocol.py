@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
 
 from embedserve.config import Limits
 from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError
-from embedserve.protocol import encode_base64, openai_response, parse_openai, parse_tei
+from embedserve.protocol import dumps, encode_base64, openai_response, parse_openai, parse_tei
 
 LIMITS = Limits(max_inputs=3, max_chars=10)
 
@@ -79,11 +80,17 @@ def test_limit_errors_carry_name_and_value():
 
 def test_openai_response_shape_and_base64_round_trip():
     vectors = np.array([[0.5, -1.25], [3.0, 1e-8]], dtype=np.float32)
-    floats = openai_response(vectors, encoding_format="float", model="m", prompt_tokens=7)
+    floats = json.loads(dumps(openai_response(vectors, encoding_format="float", model="m", prompt_tokens=7)))
     assert [d["index"] for d in floats["data"]] == [0, 1]
     assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     assert floats["data"][1]["embedding"] == pytest.approx([3.0, 1e-8])
-    b64 = openai_response(vectors, encoding_format="base64", model="m", prompt_tokens=7)
+    b64 = json.loads(dumps(openai_response(vectors, encoding_format="base64", model="m", prompt_tokens=7)))
     decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_array_equal(decoded, vectors[0])
     assert encode_base64(vectors[1]) == b64["data"][1]["embedding"]
+
+
+def test_dumps_keeps_float32_values_exactly():
+    vectors = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
+    decoded = np.array(json.loads(dumps(vectors)), dtype=np.float32)
+    np.testing.assert_array_equal(decoded, vectors)
