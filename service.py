@@ -12,6 +12,7 @@ Library errors are mapped to status codes here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -248,8 +249,12 @@ class Embeddings:
         status, texts, tokens = 500, 0, 0
         try:
             req = parse(await read_json(request, self.settings.limits.max_body_bytes))
-            encode = lambda: self.embedder.encode(  # noqa: E731
-                req.texts, truncate=req.truncate, direction=req.direction, prompt_name=req.prompt_name
+            encode = functools.partial(
+                self.embedder.encode,
+                req.texts,
+                truncate=req.truncate,
+                direction=req.direction,
+                prompt_name=req.prompt_name,
             )
             tokenize_started = time.perf_counter()
             if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:

@@ -10,8 +10,9 @@ Engines:
 Each cell (engine x batch size x length) embeds the same N texts in calls of B texts (the Embedder configured so
 that a call is exactly one inference batch), after a warm-up call; N is chosen per cell so that the slowest engine
 spends about ``--cell-seconds`` over the repetitions. Engines are interleaved within a cell (and their order rotated
-per repetition), so that ratios against torch are measured under the same machine load. Because a call of B mixed
-texts is as slow as its longest text, the mixed workload is also embedded in one call per engine (each engine sorts
+per repetition), so that ratios against torch are measured under the same machine load. Within a call of B mixed
+texts, sentence-transformers pads every text to the longest one while the Embedder splits the call into
+minimum-padding batches; the mixed workload is also embedded in one call of 256 texts per engine (each engine sorts
 it by length and batches it itself, as the service does). The probe-corpus parity of every ONNX engine against torch
 is measured in the same run.
 
@@ -346,10 +347,10 @@ def measure_cell(
 def measure_whole_call(runners: dict[str, Runner], workload: Workload, n_texts: int, *, repeats: int) -> dict[str, Any]:
     """Each engine embeds ``n_texts`` in one call, sorting them by length itself (service-style batching).
 
-    The per-cell protocol cuts a mixed workload into calls of B texts, so a call is as slow as its longest text;
-    here the Embedder sorts the whole call and cuts it by its token budget, and ``SentenceTransformer.encode``
-    sorts its input too. Runners configured for batch 32 have the service's default batch shape (32 texts,
-    32 x max_seq_length tokens).
+    The per-cell protocol cuts a mixed workload into calls of B texts; here the Embedder sorts the whole call and
+    cuts it into minimum-padding batches within its token budget, and ``SentenceTransformer.encode`` sorts its
+    input too (then pads each batch of B to its longest text). Runners configured for batch 32 have the service's
+    default batch shape (32 texts, 32 x max_seq_length tokens).
     """
     chunks = [workload.take(n_texts)]
     n_tokens = workload.token_total(n_texts)

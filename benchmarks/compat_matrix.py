@@ -365,9 +365,10 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
         "",
         "* **Latency** is per `embed()` call of B texts (B = 1 or 32) on the *short* workload (~12 tokens), "
         "p50 / p99 in ms, all repetitions.",
-        "* **Texts/s** is the median over repetitions at batch 32, *short* / *mixed* workloads; a call of 32 mixed "
-        "texts is as slow as its longest text. **Mixed, one call** embeds the mixed workload in one call, sorted "
-        "by length and batched by the engine itself (as the service does).",
+        "* **Texts/s** is the median over repetitions at batch 32, *short* / *mixed* workloads; in a call of 32 "
+        "mixed texts sentence-transformers pads every text to the longest, the `Embedder` splits the call into "
+        "minimum-padding batches. **Mixed, one call** embeds 256 mixed texts in one call, sorted by length and "
+        "batched by the engine itself (as the service does).",
         "* **× torch** is texts/s relative to sentence-transformers measured in the same run (interleaved), at "
         "batch 32, short / mixed. On a shared machine this ratio is more trustworthy than absolute numbers.",
         "* **Parity** is cosine min / cosine mean / top-10 neighbour overlap mean (worst query) against "
