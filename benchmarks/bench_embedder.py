@@ -47,8 +47,10 @@ from benchmarks.common import (
     make_workloads,
     median,
     parse_list,
+    pyplot,
     ratio,
     results_path,
+    save_figure,
     write_results,
 )
 from embedserve import Embedder, RuntimeConfig
@@ -454,10 +456,7 @@ def plot(
     whole: dict[str, Any] | None = None,
 ) -> Path | None:
     """Texts/s per engine and length at batch 32, plus mixed in one sorted call (left); speed-up vs torch (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not cells:
         return None
@@ -509,11 +508,7 @@ def plot(
     right.set_title("speed-up vs torch (same run)")
     if ratios:
         right.legend(fontsize=7, ncol=2)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, title, path)
 
 
 # -- main -----------------------------------------------------------------------------------------------------

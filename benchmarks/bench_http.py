@@ -54,8 +54,10 @@ from benchmarks.common import (
     make_workloads,
     median,
     parse_list,
+    pyplot,
     ratio,
     results_path,
+    save_figure,
     write_results,
 )
 
@@ -452,10 +454,7 @@ def resolve_artifact(explicit: Path | None, model_tag: str) -> tuple[Path, str]:
 
 def plot(results: dict[str, Any], path: Path, title: str) -> Path | None:
     """Embeddings/s vs concurrency (with the raw loop), latency percentiles, and the generator's ceiling."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results["cells"]
     if not cells:
@@ -507,11 +506,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> Path | None:
     gen_ax.set_yscale("log")
     gen_ax.set_title("load generator ceiling vs embedding requests")
     gen_ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, title, path)
 
 
 # -- main -------------------------------------------------------------------------------------------------------

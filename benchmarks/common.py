@@ -505,3 +505,22 @@ def write_results(
 def parse_list(text: str, cast: type = str) -> list[Any]:
     """A comma-separated command-line list (``"1,8,32"``), blanks dropped."""
     return [cast(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(plt: Any, fig: Any, title: str, path: Path) -> Path:
+    """Title, lay out, write ``path`` as PNG and free the figure."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
