@@ -104,12 +104,10 @@ def run_parity(
         precision = artifact.graphs[role].precision
         texts = corpus.texts
 
-        def embed(batch: Any, _e: Embedder = embedder) -> np.ndarray:
-            return _e.embed(batch)
-
-        candidates = {"batched": embed(list(texts))}
-        candidates["single"] = np.concatenate([embed([t]) for t in _bar(texts, f"parity {role} batch-1")], axis=0)
-        candidates["mixed"] = _mixed_batches(embed, texts)
+        candidates = {"batched": embedder.embed(list(texts))}
+        single = [embedder.embed([t]) for t in _bar(texts, f"parity {role} batch-1")]
+        candidates["single"] = np.concatenate(single, axis=0)
+        candidates["mixed"] = _mixed_batches(embedder.embed, texts)
         try:
             reports[role] = evaluate(
                 role=role,
@@ -214,7 +212,7 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
         with progress.step("Writing the tokenizer, head weights and manifest"):
             source.save_tokenizer(st_model, artifact_dir / "tokenizer.json")
             pipeline.head.save_weights(artifact_dir)
-            manifest_parts = dict(
+            draft = build_manifest(
                 name=config.model_name,
                 source=src.as_dict(),
                 model={
@@ -257,7 +255,7 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 },
                 directory=artifact_dir,
             )
-            write_manifest(artifact_dir, build_manifest(**manifest_parts))
+            write_manifest(artifact_dir, draft)
         with progress.step("Parity gate against sentence-transformers"):
             corpus = ProbeCorpus.load(config.corpus)
             progress.say(f"    probe corpus: {len(corpus.texts)} texts ({corpus.summary()['path']})")
@@ -271,7 +269,8 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 raise
             parity["thresholds"] = config.thresholds.as_dict()
         with progress.step(f"Moving the artifact into place ({output})"):
-            manifest = build_manifest(**manifest_parts, parity=parity)
+            # Only the parity report changes: the graphs and hashes are the ones the gate just checked.
+            manifest = {**draft, "parity": parity}
             write_manifest(artifact_dir, manifest)
             _replace_dir(artifact_dir, output)
         tag = None

@@ -29,7 +29,7 @@ def _metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
             "source": manifest["source"],
             "versions": manifest["versions"],
             "model": {k: v for k, v in manifest["model"].items() if k != "dense"},
-            "artifacts": {role: {k: v for k, v in a.items()} for role, a in manifest["artifacts"].items()},
+            "artifacts": {role: dict(a) for role, a in manifest["artifacts"].items()},
             "parity": {"passed": parity.get("passed"), "corpus": parity.get("corpus"), "artifacts": summary},
         }
     )
