@@ -2,16 +2,16 @@
 
 Engines:
 
-* ``int8``: :class:`~embedserve.Embedder` on the int8 graph (``artifact="cpu"``), CPU execution provider;
+* ``int8``: :class:`~embedserve.Engine` on the int8 graph (``artifact="cpu"``), CPU execution provider;
 * ``fp32-optimized``: the O2-optimized fp32 graph (``artifact="gpu"``) on the CPU execution provider;
 * ``sentence-transformers-torch``: the baseline, ``SentenceTransformer.encode`` of the source model on the CPU;
 * ``cuda-fp32``, ``cuda-int8``, ``tensorrt-fp32``: GPU engines, run by default only when a GPU is present.
 
-Each cell (engine x batch size x length) embeds the same N texts in calls of B texts (the Embedder configured so
+Each cell (engine x batch size x length) embeds the same N texts in calls of B texts (the Engine configured so
 that a call is exactly one inference batch), after a warm-up call; N is chosen per cell so that the slowest engine
 spends about ``--cell-seconds`` over the repetitions. Engines are interleaved within a cell (and their order rotated
 per repetition), so that ratios against torch are measured under the same machine load. Within a call of B mixed
-texts, sentence-transformers pads every text to the longest one while the Embedder splits the call into
+texts, sentence-transformers pads every text to the longest one while the Engine splits the call into
 minimum-padding batches; the mixed workload is also embedded in one call of 256 texts per engine (each engine sorts
 it by length and batches it itself, as the service does). The probe-corpus parity of every ONNX engine against torch
 is measured in the same run.
@@ -53,9 +53,9 @@ from benchmarks.common import (
     save_figure,
     write_results,
 )
-from embedserve import Embedder, RuntimeConfig
+from embedserve import Engine, RuntimeConfig
 from embedserve.artifact import Artifact
-from embedserve.embedder import PhaseTimings
+from embedserve.engine import PhaseTimings
 from embedserve.providers import CPU, CUDA, TENSORRT
 
 NAME = "bench_embedder"
@@ -71,7 +71,7 @@ class EngineSpec:
 
     Attributes:
         name: the engine's name in results.
-        kind: ``onnx`` (the production Embedder) or ``torch`` (sentence-transformers).
+        kind: ``onnx`` (the production Engine) or ``torch`` (sentence-transformers).
         artifact: the artifact role for ``onnx`` engines (``cpu`` = int8 graph, ``gpu`` = optimized fp32 graph).
         providers: the execution-provider preference for ``onnx`` engines.
         expect: the provider that must end up running the graph (else the engine is reported as unavailable).
@@ -102,7 +102,7 @@ class EngineUnavailableError(RuntimeError):
 
 
 class OnnxRunner:
-    """The production :class:`Embedder`, configured so that one call of ``batch_size`` texts is one inference.
+    """The production :class:`Engine`, configured so that one call of ``batch_size`` texts is one inference.
 
     Args:
         spec: the engine.
@@ -123,7 +123,7 @@ class OnnxRunner:
             max_batch_size=batch_size,
             max_batch_tokens=batch_size * artifact.max_seq_length,
         )
-        self.embedder = Embedder(artifact, config)
+        self.embedder = Engine(artifact, config)
         primary = self.embedder.providers.primary
         if spec.expect and primary != spec.expect:
             raise EngineUnavailableError(
@@ -349,7 +349,7 @@ def measure_cell(
 def measure_whole_call(runners: dict[str, Runner], workload: Workload, n_texts: int, *, repeats: int) -> dict[str, Any]:
     """Each engine embeds ``n_texts`` in one call, sorting them by length itself (service-style batching).
 
-    The per-cell protocol cuts a mixed workload into calls of B texts; here the Embedder sorts the whole call and
+    The per-cell protocol cuts a mixed workload into calls of B texts; here the Engine sorts the whole call and
     cuts it into minimum-padding batches within its token budget, and ``SentenceTransformer.encode`` sorts its
     input too (then pads each batch of B to its longest text). Runners configured for batch 32 have the service's
     default batch shape (32 texts, 32 x max_seq_length tokens).
@@ -415,7 +415,7 @@ def measure_parity(
             continue
         try:
             config = RuntimeConfig(artifact=spec.artifact or "auto", providers=spec.providers, intra_op_threads=threads)
-            embedder = Embedder(artifact, config)
+            embedder = Engine(artifact, config)
         except Exception as exc:  # report and go on: parity of the other engines is still worth having
             out[spec.name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue

@@ -3,14 +3,14 @@
 A closed-loop load generator (asyncio + aiohttp, one pooled connection per concurrent client, pre-encoded request
 bodies) runs in this process, separate from the server. For every concurrency x request size cell it warms up, then
 measures for ``--duration`` seconds: requests/s, embeddings/s, latency p50/p90/p99, errors by status code and by
-exception, the server's own queue / inference / tokenize times (medians of its response headers) and the batcher's
+exception, the server's own queue / inference / tokenize times (medians of its response headers) and the scheduler's
 job sizes (from ``/info``).
 
 Two references, measured in the same run while the server is idle (never at the same time as the load):
 
 * the generator's ceiling: ``GET /livez`` at the same concurrency, with the client's CPU time, so that one can see
   the generator is not what limits the embedding rate;
-* the raw loop: the int8 :class:`~embedserve.Embedder` in this process, with the server's runtime settings, on the
+* the raw loop: the int8 :class:`~embedserve.Engine` in this process, with the server's runtime settings, on the
   same texts cut into the same requests, processed as the service does (rounds of ``--round-requests`` requests:
   tokenize per request, jobs of up to the batcher's job size, final normalisation per request). Serving overhead is
   reported as service embeddings/s / raw embeddings/s.
@@ -356,8 +356,8 @@ async def closed_loop(
 
 
 def service_job_items(info: dict[str, Any]) -> int:
-    """The batcher's job size, as the service reports it in ``/info``."""
-    return int(info["batcher"]["max_items_per_job"])
+    """The scheduler's job size, as the service reports it in ``/info``."""
+    return int(info["scheduler"]["max_job_texts"])
 
 
 def raw_loop(
@@ -368,31 +368,24 @@ def raw_loop(
     job_items: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """The embedder in-process, doing what the service does for a round of concurrent requests.
-
-    Each round takes the next ``round_requests`` requests: tokenize each request, group whole requests into jobs
-    of at most ``job_items`` texts (as the micro-batcher does), ``embed_encoded`` each job (sorted, token-budget
-    batches) and ``finish`` each request's rows. No HTTP, no JSON, no event loop.
+    """The engine in-process, on the same texts cut into the service's jobs: for each round of
+    ``round_requests`` requests, whole requests grouped into jobs of at most ``job_items`` texts, each job one
+    :meth:`~embedserve.Engine.run` call. No HTTP, no JSON, no event loop.
 
     Returns:
         Embeddings/s and requests/s over whole rounds, and round latency.
     """
 
     def one_round(batch: Sequence[Sequence[str]]) -> int:
-        encoded = [embedder.encode(texts) for texts in batch]
-        jobs: list[list[Any]] = []
-        for enc in encoded:
-            if jobs and sum(len(e) for e in jobs[-1]) + len(enc) <= job_items:
-                jobs[-1].append(enc)
+        jobs: list[list[str]] = []
+        for texts in batch:
+            if jobs and len(jobs[-1]) + len(texts) <= job_items:
+                jobs[-1].extend(texts)
             else:
-                jobs.append([enc])
+                jobs.append(list(texts))
         for job in jobs:
-            rows = embedder.embed_encoded([e for enc in job for e in enc])
-            offset = 0
-            for enc in job:
-                embedder.finish(rows[offset : offset + len(enc)])
-                offset += len(enc)
-        return sum(len(enc) for enc in encoded)
+            embedder.run(job)
+        return sum(len(texts) for texts in batch)
 
     rounds = [
         [requests[(r * round_requests + i) % len(requests)] for i in range(round_requests)]
@@ -423,8 +416,8 @@ def raw_loop(
 
 
 def open_raw_embedder(artifact_dir: Path, runtime: dict[str, Any]) -> Any:
-    """An :class:`Embedder` with the server's runtime settings (as ``/info`` reports them)."""
-    from embedserve import Embedder, RuntimeConfig
+    """An :class:`~embedserve.Engine` with the server's runtime settings (as ``/info`` reports them)."""
+    from embedserve import Engine, RuntimeConfig
 
     config = RuntimeConfig(
         artifact=runtime.get("artifact_role", "cpu"),
@@ -434,7 +427,7 @@ def open_raw_embedder(artifact_dir: Path, runtime: dict[str, Any]) -> Any:
         max_batch_size=int(runtime["max_batch_size"]),
         max_batch_tokens=int(runtime["max_batch_tokens"]),
     )
-    return Embedder(artifact_dir, config)
+    return Engine(artifact_dir, config)
 
 
 def resolve_artifact(explicit: Path | None, model_tag: str) -> tuple[Path, str]:
@@ -596,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for size in sizes:
             for concurrency in concurrencies:
-                before = http_get_json(f"{base_url}/info")["batcher"]
+                before = http_get_json(f"{base_url}/info")["scheduler"]
                 cell = asyncio.run(
                     closed_loop(
                         base_url + route,
@@ -609,11 +602,11 @@ def main(argv: list[str] | None = None) -> int:
                         server=server,
                     )
                 )
-                after = http_get_json(f"{base_url}/info")["batcher"]
+                after = http_get_json(f"{base_url}/info")["scheduler"]
                 jobs = after["jobs"] - before["jobs"]
-                cell["batcher_delta_with_warmup"] = {
+                cell["scheduler_delta_with_warmup"] = {
                     "jobs": jobs,
-                    "texts_per_job": round((after["items"] - before["items"]) / jobs, 2) if jobs else None,
+                    "texts_per_job": round((after["texts"] - before["texts"]) / jobs, 2) if jobs else None,
                     "requests_per_job": round((after["requests"] - before["requests"]) / jobs, 2) if jobs else None,
                     "failed_jobs": after["failed_jobs"] - before["failed_jobs"],
                 }

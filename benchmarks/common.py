@@ -98,15 +98,15 @@ def gpu_info() -> list[dict[str, str]] | None:
     """GPUs reported by ``nvidia-smi`` (name and total memory), or ``None`` when there is none.
 
     Returns:
-        One ``{"name", "memory_total"}`` entry per GPU, or ``None`` if ``nvidia-smi`` is missing, fails or lists
-        nothing.
+        One ``{"name", "memory_total", "driver"}`` entry per GPU, or ``None`` if ``nvidia-smi`` is missing, fails or
+        lists nothing.
     """
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=20,
@@ -117,8 +117,8 @@ def gpu_info() -> list[dict[str, str]] | None:
     gpus = []
     for line in out.splitlines():
         if line.strip():
-            name, _, memory = line.partition(",")
-            gpus.append({"name": name.strip(), "memory_total": memory.strip()})
+            name, memory, driver = ([*(part.strip() for part in line.split(",")), "", ""])[:3]
+            gpus.append({"name": name, "memory_total": memory, "driver": driver})
     return gpus or None
 
 

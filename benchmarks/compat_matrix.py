@@ -360,13 +360,13 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
         "manifest.json; edit the generator, not this file -->",
         "",
         f"Artifact `{manifest.get('name', '?')}` (exported {manifest.get('created_at', '?')}). Each row is an "
-        "execution provider running one of the artifact's graphs through the production `Embedder`, plus the "
+        "execution provider running one of the artifact's graphs through the production `Engine`, plus the "
         "sentence-transformers baseline. Only measured numbers appear; nothing is extrapolated.",
         "",
         "* **Latency** is per `embed()` call of B texts (B = 1 or 32) on the *short* workload (~12 tokens), "
         "p50 / p99 in ms, all repetitions.",
         "* **Texts/s** is the median over repetitions at batch 32, *short* / *mixed* workloads; in a call of 32 "
-        "mixed texts sentence-transformers pads every text to the longest, the `Embedder` splits the call into "
+        "mixed texts sentence-transformers pads every text to the longest, the `Engine` splits the call into "
         "minimum-padding batches. **Mixed, one call** embeds 256 mixed texts in one call, sorted by length and "
         "batched by the engine itself (as the service does).",
         "* **× torch** is texts/s relative to sentence-transformers measured in the same run (interleaved), at "

@@ -1,9 +1,9 @@
 """Step 5, the gate: the production embedder on each artifact against ``SentenceTransformer.encode``.
 
-Metrics, each computed in three serving conditions -- the whole corpus in one call (sorted by length and cut into
-batches as the service does), every text alone (batch 1), and shuffled calls of 16 texts (short and long texts
-padded together, as concurrent requests are) -- and the worst kept, because dynamic int8 makes a vector depend on
-its batch mates:
+Metrics, each computed in four serving conditions -- the whole corpus in one call (sorted by length and cut into
+batches), every text alone (batch 1), shuffled calls of 16 texts (short and long texts padded together), and
+concurrent requests of 1-16 texts through the engine's scheduler (the path the service runs) -- and the worst
+kept, because dynamic int8 makes a vector depend on its batch mates:
 
 * per-text cosine similarity to the reference: minimum, 1st percentile, mean (and the worst text);
 * maximum absolute difference of any component;

@@ -6,6 +6,7 @@ passed; a failed gate leaves the previous artifact and the model store untouched
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 
 from embedserve.artifact import Artifact
 from embedserve.config import RuntimeConfig
-from embedserve.embedder import Embedder
+from embedserve.engine import Engine
 from embedserve.providers import CPU, DEFAULT_PREFERENCE
 from export import onnx_export, optimize, quantize, source, store
 from export.config import ExportConfig
@@ -85,7 +86,7 @@ def run_parity(
     *,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the production :class:`Embedder` on every graph of the artifact and check it.
+    """Run the production :class:`~embedserve.Engine` on every graph of the artifact and check it.
 
     The GPU graph is run with the GPU-first preference (on a machine without a GPU it falls back to the CPU and
     the report says so); the int8 graph on the CPU provider, where it is served.
@@ -100,19 +101,22 @@ def run_parity(
         if role not in artifact.graphs:
             continue
         preference = DEFAULT_PREFERENCE if role == "gpu" else (CPU,)
-        embedder = Embedder(artifact, RuntimeConfig(artifact=role, providers=preference))
+        engine = Engine(artifact, RuntimeConfig(artifact=role, providers=preference))
         precision = artifact.graphs[role].precision
         texts = corpus.texts
 
-        candidates = {"batched": embedder.embed(list(texts))}
-        single = [embedder.embed([t]) for t in _bar(texts, f"parity {role} batch-1")]
+        candidates = {"batched": engine.embed(list(texts))}
+        single = [engine.embed([t]) for t in _bar(texts, f"parity {role} batch-1")]
         candidates["single"] = np.concatenate(single, axis=0)
-        candidates["mixed"] = _mixed_batches(embedder.embed, texts)
+        candidates["mixed"] = _mixed_batches(engine.embed, texts)
+        candidates["served"] = _served(engine, texts)
+        provider = engine.providers.primary
+        engine.close()
         try:
             reports[role] = evaluate(
                 role=role,
                 precision=precision,
-                provider=embedder.providers.primary,
+                provider=provider,
                 reference=reference,
                 candidates=candidates,
                 corpus=corpus,
@@ -130,10 +134,32 @@ def run_parity(
         "reference": "SentenceTransformer.encode (torch, CPU)",
         "modes": (
             "worst of: whole corpus in one call (sorted, token-budget batches); each text alone; "
-            f"shuffled calls of {MIXED_BATCH} texts (mixed lengths padded together)"
+            f"shuffled calls of {MIXED_BATCH} texts (mixed lengths padded together); "
+            f"concurrent requests of 1-{MIXED_BATCH} texts through the engine's scheduler (the served path)"
         ),
         "artifacts": reports,
     }
+
+
+def _served(engine: Engine, texts: Sequence[str], most: int = MIXED_BATCH) -> np.ndarray:
+    """Every text sent at once as concurrent requests of 1 to ``most`` texts in a fixed random order, through
+    :meth:`Engine.submit` (the scheduler, jobs and finishing that the service runs)."""
+    rng = np.random.default_rng(MIXED_SEED + 1)
+    order = rng.permutation(len(texts))
+    chunks, start = [], 0
+    while start < len(order):
+        size = int(rng.integers(1, most + 1))
+        chunks.append(order[start : start + size])
+        start += size
+
+    async def send_all() -> list[np.ndarray]:
+        results = await asyncio.gather(*(engine.submit([texts[i] for i in chunk]) for chunk in chunks))
+        return [r.vectors for r in results]
+
+    out = np.empty((len(texts), engine.dimension), dtype=np.float32)
+    for chunk, vectors in zip(chunks, asyncio.run(send_all()), strict=True):
+        out[chunk] = vectors
+    return out
 
 
 def _mixed_batches(embed: Callable[[Any], np.ndarray], texts: Sequence[str], size: int = MIXED_BATCH) -> np.ndarray:

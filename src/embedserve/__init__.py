@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from embedserve.artifact import MANIFEST_NAME, Artifact
 from embedserve.config import Limits, RuntimeConfig, Settings
-from embedserve.embedder import Embedder
+from embedserve.engine import EmbedOptions, EmbedResult, Engine
 from embedserve.errors import (
     ArtifactError,
     ConfigError,
@@ -29,9 +29,11 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "ConfigError",
+    "EmbedOptions",
+    "EmbedResult",
     "EmbedServeError",
-    "Embedder",
     "EmptyInputError",
+    "Engine",
     "InputError",
     "InputTooLongError",
     "Limits",

@@ -6,36 +6,50 @@ only when called (never at import time). Every knob, its default and its trade-o
 =====================================  ===========  ====================================================================
 variable                               default      meaning and trade-off
 =====================================  ===========  ====================================================================
-EMBEDSERVE_PROVIDERS                   trt,cuda,cpu execution-provider preference, filtered by what onnxruntime offers.
+EMBEDSERVE_PROVIDERS                   cuda,cpu     execution-provider preference, filtered by what onnxruntime offers.
+                                                    TensorRT is opt-in (``tensorrt,cuda,cpu``) and used only when its
+                                                    libraries load; its engines are cached next to the model.
 EMBEDSERVE_REQUIRE_GPU                 false        if true, start-up fails when no GPU provider is active
                                                     (instead of falling back to CPU with a warning).
 EMBEDSERVE_ARTIFACT                    auto         auto: int8 graph on CPU, optimized fp32/fp16 graph on GPU;
                                                     ``cpu`` or ``gpu`` force one (``gpu`` on a CPU gives the best
                                                     parity, about 2x slower).
-EMBEDSERVE_INTRA_OP_THREADS            cores        ONNX Runtime threads per inference; workers x threads <= cores.
+EMBEDSERVE_WORKERS                     auto         server processes. auto: 1 on a GPU host (one session feeds the
+                                                    GPU), one per core on a CPU host (measured +42% over one process
+                                                    with two threads on 2 cores: small batches do not split well
+                                                    across threads).
+EMBEDSERVE_INTRA_OP_THREADS            cores/wkrs   ONNX Runtime threads per inference; workers x threads <= cores.
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
                                                     busy one (the HTTP loop shares the cores).
-EMBEDSERVE_MAX_BATCH_SIZE              32           texts per inference call. Larger batches are not faster on CPU past
-                                                    32 and cost memory (128 x 256 tokens ~ 2.4 GB).
-EMBEDSERVE_MAX_BATCH_TOKENS            8192         padded tokens per inference call (batch x longest); bounds memory.
-EMBEDSERVE_MAX_INPUTS                  256          texts per request (400 above it).
+EMBEDSERVE_TOKENIZER_THREADS           cpu 1/gpu 8  threads a large batch is tokenized on (the Rust tokenizer releases
+                                                    the GIL). One per worker on a CPU host, where cores are taken.
+EMBEDSERVE_MAX_BATCH_SIZE              cpu 32       texts per inference call. On a CPU larger batches are not faster
+                                       gpu 256      past 32 and cost memory; a GPU needs large batches to be busy.
+EMBEDSERVE_MAX_BATCH_TOKENS            cpu 8192     padded tokens per inference call (batch x longest); bounds memory.
+                                       gpu 65536
+EMBEDSERVE_MAX_JOB_TEXTS               cpu 32       texts the inference stage takes at once (a request is never split).
+                                       gpu 1024     Smaller jobs let HTTP work overlap inference; larger batch better.
+EMBEDSERVE_BATCH_WAIT_MS               0            how long the inference stage waits for more requests when it has
+                                                    less than a job; more waiting = fuller batches, added latency.
+                                                    0 to 1000. The stages batch whatever arrived while they worked.
+EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model; above it requests get 429 at once.
+EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs explicitly (auto: on CUDA).
+EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
+                                                    for the fp16 graph, whose default kernel is rebuilt for every new
+                                                    sequence length (~42 ms each), the provider's default for fp32.
+EMBEDSERVE_MAX_INPUTS                  256          texts per request (413 above it).
 EMBEDSERVE_MAX_CHARS                   20000        characters per text (413 above it); bounds tokenizer time.
 EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above it).
-EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model; above it requests get 429 at once.
-EMBEDSERVE_BATCH_WAIT_MS               2            how long the batcher waits for more requests once one arrived;
-                                                    more waiting = fuller batches but added latency.
-EMBEDSERVE_MAX_JOB_TEXTS               32           texts handed to the model thread at once (a request is never
-                                                    split). Smaller jobs let HTTP work for one group of requests
-                                                    overlap inference for another; larger ones batch better.
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
 =====================================  ===========  ====================================================================
 """
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,8 +74,32 @@ def _positive(name: str, value: int) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchShape:
+    """How texts are grouped for the model: per call, per job, and the planner's cost of one call."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    max_job_texts: int
+    overhead_tokens: int
+
+
+#: A CPU: batches past 32 are not faster and cost memory; one call costs about 32 padded tokens of work (the
+#: planner cut a 64-text mixed request fastest with 16-64).
+CPU_BATCH = BatchShape(max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, overhead_tokens=32)
+#: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
+#: large; 256 x 256 tokens is about 26 ms of fp32 work.
+GPU_BATCH = BatchShape(max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, overhead_tokens=2048)
+#: Tokenizer threads on a GPU host (the Rust tokenizer releases the GIL; 8 keep up with an H200 on short texts).
+GPU_TOKENIZER_THREADS = 8
+
+
+@dataclass(frozen=True, kw_only=True)
 class RuntimeConfig:
-    """How the embedder runs: providers, artifact choice, threads and batch shape."""
+    """How the engine runs: providers, artifact choice, threads, batch shape and queue.
+
+    ``None`` for a batch or thread setting means "the default for the provider the session really gets"
+    (:data:`CPU_BATCH`, :data:`GPU_BATCH`).
+    """
 
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
     require_gpu: bool = False
@@ -69,17 +107,51 @@ class RuntimeConfig:
     intra_op_threads: int = field(default_factory=available_cores)
     inter_op_threads: int = 1
     allow_spinning: bool = False
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
+    tokenizer_threads: int | None = None
+    max_batch_size: int | None = None
+    max_batch_tokens: int | None = None
+    max_job_texts: int | None = None
+    batch_wait_ms: float = 0.0
+    max_queue_texts: int = 4096
+    io_binding: bool | None = None
+    cuda_sdpa_kernel: int | None = None
     verify_hashes: bool = True
 
     def __post_init__(self) -> None:
         if self.artifact not in ARTIFACT_CHOICES:
             raise ConfigError(f"artifact must be one of {', '.join(ARTIFACT_CHOICES)}, got {self.artifact!r}")
-        for name in ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_batch_tokens"):
-            _positive(name, getattr(self, name))
+        for name in (
+            "intra_op_threads",
+            "inter_op_threads",
+            "tokenizer_threads",
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_job_texts",
+            "max_queue_texts",
+        ):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if not 0 <= self.batch_wait_ms <= 1000:  # NaN fails too
+            raise ConfigError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
+        if self.cuda_sdpa_kernel is not None and self.cuda_sdpa_kernel < 0:
+            raise ConfigError(f"cuda_sdpa_kernel must be >= 0, got {self.cuda_sdpa_kernel}")
         if not self.providers:
             raise ConfigError("providers must not be empty")
+
+    def batch_shape(self, *, gpu: bool) -> BatchShape:
+        """The batch shape for a GPU or CPU session: the provider's defaults with the configured overrides."""
+        base = GPU_BATCH if gpu else CPU_BATCH
+        return BatchShape(
+            max_batch_size=self.max_batch_size or base.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens or base.max_batch_tokens,
+            max_job_texts=self.max_job_texts or base.max_job_texts,
+            overhead_tokens=base.overhead_tokens,
+        )
+
+    def tokenizer_pool_size(self, *, gpu: bool) -> int:
+        if self.tokenizer_threads is not None:
+            return self.tokenizer_threads
+        return max(1, min(GPU_TOKENIZER_THREADS, available_cores() - 1)) if gpu else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,15 +161,10 @@ class Limits:
     max_inputs: int = 256
     max_chars: int = 20_000
     max_body_bytes: int = 4 * 1024 * 1024
-    max_queue_texts: int = 4096
-    batch_wait_ms: float = 2.0
-    max_job_texts: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue_texts", "max_job_texts"):
+        for name in ("max_inputs", "max_chars", "max_body_bytes"):
             _positive(name, getattr(self, name))
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +173,7 @@ class Settings:
 
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     limits: Limits = field(default_factory=Limits)
+    workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,23 +195,61 @@ class Settings:
                 raise ConfigError(f"{PREFIX}PROVIDERS: {exc}") from exc
         reader.put(runtime_kwargs, "require_gpu", "REQUIRE_GPU", _bool)
         reader.put(runtime_kwargs, "artifact", "ARTIFACT", str.lower)
+        workers = resolve_workers(env)
+        runtime_kwargs["intra_op_threads"] = max(1, available_cores() // workers)
         reader.put(runtime_kwargs, "intra_op_threads", "INTRA_OP_THREADS", int)
         reader.put(runtime_kwargs, "inter_op_threads", "INTER_OP_THREADS", int)
         reader.put(runtime_kwargs, "allow_spinning", "ALLOW_SPINNING", _bool)
+        reader.put(runtime_kwargs, "tokenizer_threads", "TOKENIZER_THREADS", int)
         reader.put(runtime_kwargs, "max_batch_size", "MAX_BATCH_SIZE", int)
         reader.put(runtime_kwargs, "max_batch_tokens", "MAX_BATCH_TOKENS", int)
+        reader.put(runtime_kwargs, "max_job_texts", "MAX_JOB_TEXTS", int)
+        reader.put(runtime_kwargs, "batch_wait_ms", "BATCH_WAIT_MS", float)
+        reader.put(runtime_kwargs, "max_queue_texts", "MAX_QUEUE_TEXTS", int)
+        reader.put(runtime_kwargs, "io_binding", "IO_BINDING", _auto(_bool))
+        reader.put(runtime_kwargs, "cuda_sdpa_kernel", "CUDA_SDPA_KERNEL", _auto(int))
         reader.put(runtime_kwargs, "verify_hashes", "VERIFY_HASHES", _bool)
         limit_kwargs: dict[str, Any] = {}
         reader.put(limit_kwargs, "max_inputs", "MAX_INPUTS", int)
         reader.put(limit_kwargs, "max_chars", "MAX_CHARS", int)
         reader.put(limit_kwargs, "max_body_bytes", "MAX_BODY_BYTES", int)
-        reader.put(limit_kwargs, "max_queue_texts", "MAX_QUEUE_TEXTS", int)
-        reader.put(limit_kwargs, "batch_wait_ms", "BATCH_WAIT_MS", float)
-        reader.put(limit_kwargs, "max_job_texts", "MAX_JOB_TEXTS", int)
         try:
-            return cls(runtime=RuntimeConfig(**runtime_kwargs), limits=Limits(**limit_kwargs))
+            return cls(runtime=RuntimeConfig(**runtime_kwargs), limits=Limits(**limit_kwargs), workers=workers)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (from {PREFIX}* environment variables)") from exc
+
+
+def gpu_present() -> bool:
+    """True when this host has an NVIDIA GPU device node (cheap; no CUDA library is loaded)."""
+    return os.path.exists("/dev/nvidiactl") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def resolve_workers(environ: Mapping[str, str] | None = None) -> int:
+    """Server worker processes from ``EMBEDSERVE_WORKERS``: a number, or ``auto`` (1 with a GPU, else one per core).
+
+    Raises:
+        ConfigError: not a positive number or ``auto``.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(PREFIX + "WORKERS", "auto").strip().lower()
+    if text == "auto":
+        return 1 if gpu_present() else available_cores()
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ConfigError(f"{PREFIX}WORKERS={text!r} is invalid: expected a positive number or auto")
+    return workers
+
+
+def _auto(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``auto`` (or empty) means ``None``: the default for the provider the session gets."""
+
+    def parse_or_auto(text: str) -> Any:
+        return None if text.strip().lower() in ("auto", "") else parse(text)
+
+    return parse_or_auto
 
 
 def _bool(text: str) -> bool:

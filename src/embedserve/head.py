@@ -110,9 +110,17 @@ class Head:
             attention_mask: ``(batch, seq)`` mask.
             prompt_lengths: per-row count of leading prompt tokens, excluded when ``include_prompt`` is False.
         """
-        if prompt_lengths is not None and not self.include_prompt and np.any(prompt_lengths):
+        if self.excludes_prompt(prompt_lengths):
             attention_mask = exclude_prompt(attention_mask, prompt_lengths)
-        vectors = pool(token_embeddings, attention_mask, self.pooling).astype(np.float32, copy=False)
+        return self.project(pool(token_embeddings, attention_mask, self.pooling))
+
+    def excludes_prompt(self, prompt_lengths: np.ndarray | None) -> bool:
+        """True when pooling must leave out prompt tokens that these rows have (the graph's own pooling can't)."""
+        return prompt_lengths is not None and not self.include_prompt and bool(np.any(prompt_lengths))
+
+    def project(self, pooled: np.ndarray) -> np.ndarray:
+        """The Dense layers on pooled vectors (from the numpy pooling or from the graph's pooled output)."""
+        vectors = pooled.astype(np.float32, copy=False)
         for layer in self.dense:
             vectors = layer(vectors)
         return vectors

@@ -11,7 +11,7 @@ for a size limit, the limit's name and value. ``service.py`` maps them to HTTP s
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,16 @@ import numpy as np
 import orjson
 
 from embedserve.config import Limits
-from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError
+from embedserve.engine import DEFAULT_OPTIONS, EmbedOptions, EmbedResult
+from embedserve.errors import (
+    EmbedServeError,
+    EmptyInputError,
+    InputError,
+    InputTooLongError,
+    MalformedRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
 
 ENCODING_FORMATS = ("float", "base64")
 DIRECTIONS = ("right", "left")
@@ -27,14 +36,10 @@ DIRECTIONS = ("right", "left")
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedRequest:
-    """A validated embedding request, whichever protocol it came in."""
+    """A validated embedding request, whichever protocol it came in: texts, engine options, response format."""
 
     texts: list[str]
-    normalize: bool | None = None
-    dimensions: int | None = None
-    truncate: bool = True
-    direction: str = "right"
-    prompt_name: str | None = None
+    options: EmbedOptions = DEFAULT_OPTIONS
     encoding_format: str = "float"
     model: str | None = None
 
@@ -122,7 +127,7 @@ def parse_openai(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
     _optional_str(body, "user")
     return EmbedRequest(
         texts=parse_texts(body.get("input"), limits, param="input"),
-        dimensions=_dimensions(body, dimension),
+        options=EmbedOptions(dimensions=_dimensions(body, dimension)),
         encoding_format=encoding_format,
         model=_optional_str(body, "model"),
     )
@@ -138,11 +143,13 @@ def parse_tei(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
         )
     return EmbedRequest(
         texts=parse_texts(body.get("inputs"), limits, param="inputs"),
-        normalize=_optional_bool(body, "normalize", True),
-        truncate=bool(_optional_bool(body, "truncate", True)),
-        direction=direction.lower(),
-        prompt_name=_optional_str(body, "prompt_name"),
-        dimensions=_dimensions(body, dimension),
+        options=EmbedOptions(
+            normalize=_optional_bool(body, "normalize", True),
+            truncate=bool(_optional_bool(body, "truncate", True)),
+            direction=direction.lower(),
+            prompt_name=_optional_str(body, "prompt_name"),
+            dimensions=_dimensions(body, dimension),
+        ),
     )
 
 
@@ -180,3 +187,78 @@ def openai_error(message: str, *, error_type: str, param: str | None = None, cod
 
 def tei_error(message: str, *, error_type: str) -> dict:
     return {"error": message, "error_type": error_type}
+
+
+def loads(body: bytes) -> Any:
+    """Parse a request body (orjson: strict UTF-8 and JSON).
+
+    Raises:
+        MalformedRequestError: not JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequestError(f"the request body is not valid JSON: {exc}") from exc
+
+
+#: Library error -> HTTP status. The first matching class wins (subclasses before their bases).
+STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
+    (PayloadTooLargeError, 413),
+    (InputTooLongError, 413),
+    (MalformedRequestError, 400),
+    (EmptyInputError, 400),
+    (InputError, 422),
+    (OverloadedError, 429),
+)
+
+
+def status_for(exc: EmbedServeError) -> int:
+    """The HTTP status of a library error (500 for anything that is not the client's doing)."""
+    return next((status for cls, status in STATUS_BY_ERROR if isinstance(exc, cls)), 500)
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """One wire protocol: how a body becomes an :class:`EmbedRequest`, a result a payload, an error a body."""
+
+    name: str
+    parse: Callable[[Any, Limits, int], EmbedRequest]
+    respond: Callable[[EmbedRequest, EmbedResult, str], Any]
+    error_body: Callable[[EmbedServeError], dict]
+
+
+def _openai_error_body(exc: EmbedServeError) -> dict:
+    if isinstance(exc, InputError):
+        return openai_error(
+            exc.message, error_type="invalid_request_error", param=exc.param, code=exc.limit_name or exc.kind
+        )
+    if isinstance(exc, OverloadedError):
+        return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
+    return openai_error(str(exc), error_type="server_error")
+
+
+def _tei_error_body(exc: EmbedServeError) -> dict:
+    """TEI's error types: Empty, Validation, Overloaded, Backend."""
+    if isinstance(exc, EmptyInputError):
+        return tei_error(exc.message, error_type="Empty")
+    if isinstance(exc, InputError):
+        return tei_error(exc.message, error_type="Validation")
+    if isinstance(exc, OverloadedError):
+        return tei_error(exc.message, error_type="Overloaded")
+    return tei_error(str(exc), error_type="Backend")
+
+
+OPENAI = WireFormat(
+    "openai",
+    parse=lambda body, limits, dimension: parse_openai(body, limits, dimension=dimension),
+    respond=lambda request, result, model: openai_response(
+        result.vectors, encoding_format=request.encoding_format, model=model, prompt_tokens=result.tokens
+    ),
+    error_body=_openai_error_body,
+)
+TEI = WireFormat(
+    "tei",
+    parse=lambda body, limits, dimension: parse_tei(body, limits, dimension=dimension),
+    respond=lambda request, result, model: result.vectors,
+    error_body=_tei_error_body,
+)

@@ -1,19 +1,21 @@
 """Execution-provider choice, as pure functions: what to ask ONNX Runtime for, and which artifact goes with it.
 
-The preference is GPU first (TensorRT, then CUDA) with CPU last, filtered by what the installed ONNX Runtime
-offers. What the session really got is checked afterwards by :mod:`embedserve.session`.
+The default preference is CUDA first with CPU last, filtered by what the installed ONNX Runtime offers.
+TensorRT is opt-in (``EMBEDSERVE_PROVIDERS=tensorrt,cuda,cpu``) and used only when its libraries load.
+What the session really got is checked afterwards by :mod:`embedserve.session`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
-#: Default preference: GPU first, CPU as the last resort.
-DEFAULT_PREFERENCE = (TENSORRT, CUDA, CPU)
+#: Default preference: GPU first, CPU as the last resort. TensorRT is opt-in: neither the project nor the bento
+#: installs its libraries, and a first choice that fails to load on every start is noise, not a default.
+DEFAULT_PREFERENCE = (CUDA, CPU)
 
 #: Providers that run the GPU artifact (optimized fp32/fp16). Everything else runs the CPU (int8) artifact.
 GPU_PROVIDERS = frozenset({TENSORRT, CUDA})
@@ -51,10 +53,17 @@ def parse_preference(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def resolve(preference: Sequence[str], available: Iterable[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+def resolve(
+    preference: Sequence[str], available: Iterable[str], *, unusable: Mapping[str, str] | None = None
+) -> tuple[tuple[str, ...], dict[str, str]]:
     """Filter a preference by the providers this ONNX Runtime build offers.
 
     CPU is always appended last (ONNX Runtime needs it for the operators other providers do not take).
+
+    Args:
+        preference: providers in order of preference.
+        available: ``onnxruntime.get_available_providers()``.
+        unusable: offered providers known not to work here, with the reason (TensorRT without its libraries).
 
     Returns:
         The providers to request, and ``{provider: reason}`` for each preferred one left out.
@@ -63,7 +72,9 @@ def resolve(preference: Sequence[str], available: Iterable[str]) -> tuple[tuple[
     requested: list[str] = []
     skipped: dict[str, str] = {}
     for name in preference:
-        if name in offered:
+        if unusable and name in unusable:
+            skipped[name] = unusable[name]
+        elif name in offered:
             requested.append(name)
         else:
             skipped[name] = "not offered by this onnxruntime build (onnxruntime.get_available_providers())"

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from embedserve import providers as prov
-from embedserve.errors import ArtifactError
+from embedserve.artifact import Artifact
+from embedserve.config import RuntimeConfig
+from embedserve.errors import ArtifactError, ProviderUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +114,24 @@ def _reason_for(provider: str, lines: Sequence[str]) -> str:
     return "onnxruntime did not enable it (its libraries or the device are missing)"
 
 
-def _provider_options(provider: str) -> dict[str, Any]:
-    if provider == prov.TENSORRT:
-        cache = Path(tempfile.gettempdir()) / "embedserve-trt-cache"
-        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
-    return {}
+#: Libraries ONNX Runtime's TensorRT provider loads (TensorRT 10).
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer_plugin.so.10", "libnvonnxparser.so.10")
+
+
+def tensorrt_missing() -> str | None:
+    """Why TensorRT cannot run here (a library does not load), or ``None`` when it can.
+
+    Checked before a session is asked for TensorRT, so that a machine without TensorRT skips the provider with
+    this reason instead of logging a failed load on every start.
+    """
+    import ctypes
+
+    for name in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError as exc:
+            return f"TensorRT is not installed ({exc}); install the TensorRT 10 libraries to use it"
+    return None
 
 
 def session_options(*, intra_op_threads: int, inter_op_threads: int, allow_spinning: bool) -> ort.SessionOptions:
@@ -138,6 +154,7 @@ def create_session(
     intra_op_threads: int,
     inter_op_threads: int = 1,
     allow_spinning: bool = False,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[ort.InferenceSession, ProviderReport]:
     """Create an inference session and report which providers it really uses.
 
@@ -147,6 +164,7 @@ def create_session(
         intra_op_threads: threads per operator.
         inter_op_threads: threads across operators.
         allow_spinning: let idle ONNX Runtime threads busy-wait.
+        options: provider options by provider name.
 
     Raises:
         ArtifactError: the file is missing or ONNX Runtime cannot load it (corrupt, truncated, wrong format).
@@ -154,18 +172,23 @@ def create_session(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ArtifactError(f"ONNX model {model_path} is missing")
-    requested, skipped = prov.resolve(preference, ort.get_available_providers())
-    options = session_options(
+    unusable = {}
+    if prov.TENSORRT in preference and prov.TENSORRT in ort.get_available_providers():
+        reason = tensorrt_missing()
+        if reason:
+            unusable[prov.TENSORRT] = reason
+    requested, skipped = prov.resolve(preference, ort.get_available_providers(), unusable=unusable)
+    session_opts = session_options(
         intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, allow_spinning=allow_spinning
     )
-    provider_args = [(name, _provider_options(name)) for name in requested]
+    provider_args = [(name, {k: str(v) for k, v in (options or {}).get(name, {}).items()}) for name in requested]
     with _captured_native_output() as lines:
         if any(prov.is_gpu(p) for p in requested) and hasattr(ort, "preload_dlls"):
             # Loads CUDA/cuDNN from the nvidia-* pip packages when present (the bento image ships them).
             with contextlib.suppress(Exception):
                 ort.preload_dlls()
         try:
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=provider_args)
+            session = ort.InferenceSession(str(model_path), sess_options=session_opts, providers=provider_args)
             error = None
         except Exception as exc:  # onnxruntime raises its own exception types
             session, error = None, exc
@@ -183,3 +206,161 @@ def create_session(
         if prov.is_gpu(name):
             log.warning("execution provider %s is not active: %s", name, reason)
     return session, report
+
+
+# -- the model a worker runs ------------------------------------------------------------------------------------
+
+_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+#: The graph output the export stage adds: pooled vectors (before Dense and Normalize), ``(batch, dimension)``.
+POOLED_OUTPUT = "pooled_embedding"
+
+
+class ModelRunner:
+    """One ONNX Runtime session of an artifact graph, and how to feed it.
+
+    Graphs exported with pooling inside (output ``pooled_embedding``) return ``(batch, dimension)`` vectors, so a
+    GPU never copies ``batch x seq x hidden`` token states to the host; older graphs, and batches whose prompt
+    tokens must be left out of pooling, use the token-state output and the numpy head.
+
+    Attributes:
+        role: the artifact graph it runs (``cpu`` or ``gpu``).
+        precision: that graph's precision (``int8``, ``fp32``, ``fp16``).
+        providers: what was asked and what the session got.
+        io_binding: True when inputs and outputs are bound explicitly (CUDA).
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, providers: ProviderReport, *, role: str, precision: str, io_binding: bool
+    ) -> None:
+        self.session = session
+        self.providers = providers
+        self.role = role
+        self.precision = precision
+        self.input_names = [i.name for i in session.get_inputs()]
+        unknown = [name for name in self.input_names if name not in _KNOWN_INPUTS]
+        if unknown:
+            raise ArtifactError(f"the {role} graph has inputs embedserve cannot feed: {unknown}")
+        outputs = [o.name for o in session.get_outputs()]
+        self.hidden_output = next((n for n in _HIDDEN_OUTPUTS if n in outputs), outputs[0])
+        self.pooled_output = POOLED_OUTPUT if POOLED_OUTPUT in outputs else None
+        self.io_binding = io_binding
+        self._binding = session.io_binding() if io_binding else None
+
+    @property
+    def primary(self) -> str:
+        return self.providers.primary
+
+    def run(self, feed: Mapping[str, np.ndarray], *, pooled: bool) -> np.ndarray:
+        """Run one padded batch; the pooled output when asked and present, else the token states."""
+        output = self.pooled_output if pooled and self.pooled_output else self.hidden_output
+        if self._binding is None:
+            (result,) = self.session.run([output], {name: feed[name] for name in self.input_names})
+            return result
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name in self.input_names:
+            binding.bind_cpu_input(name, feed[name])
+        binding.bind_output(output, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def _cuda_options(config: RuntimeConfig, precision: str) -> dict[str, Any]:
+    kernel = config.cuda_sdpa_kernel
+    if kernel is None:  # auto: the fp16 graph's fused Attention rebuilds its default kernel for every new length
+        kernel = FP16_SDPA_KERNEL if precision == "fp16" else 0
+    return {"sdpa_kernel": kernel} if kernel else {}
+
+
+def _tensorrt_options(artifact: Artifact, role: str, config: RuntimeConfig, shape: tuple[int, int]) -> dict[str, Any]:
+    cache = artifact.directory / "tensorrt-cache"
+    try:
+        cache.mkdir(exist_ok=True)
+        writable = os.access(cache, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # a read-only model store: keep the engines beside the other temporary files
+        cache = Path(tempfile.gettempdir()) / "embedserve-tensorrt-cache" / artifact.graph(role).sha256[:16]
+        cache.mkdir(parents=True, exist_ok=True)
+    batch, length = shape
+    names = [n for n in _KNOWN_INPUTS if n in artifact.graph(role).details.get("inputs", _KNOWN_INPUTS)]
+
+    def profile(b: int, n: int) -> str:
+        return ",".join(f"{name}:{b}x{n}" for name in names)
+
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": artifact.graph(role).precision == "fp16",
+        "trt_profile_min_shapes": profile(1, 1),
+        "trt_profile_opt_shapes": profile(batch, max(16, length // 8)),
+        "trt_profile_max_shapes": profile(batch, length),
+    }
+
+
+#: ``sdpa_kernel`` CUDA provider option for fp16 graphs: memory-efficient attention (see docs/compatibility.md).
+FP16_SDPA_KERNEL = 2
+
+
+def open_model(artifact: Artifact, config: RuntimeConfig) -> ModelRunner:
+    """Open the artifact graph that fits the provider the session really gets.
+
+    The GPU graph (fp32/fp16) is asked for with the configured preference; if the session falls back to the CPU,
+    the CPU graph (int8) is opened instead, with a warning (``config.artifact`` forces one graph).
+
+    Raises:
+        ArtifactError: missing or corrupt files, or a graph embedserve cannot feed.
+        ProviderUnavailableError: ``config.require_gpu`` and no GPU provider became active.
+    """
+    requested, _ = prov.resolve(config.providers, ort.get_available_providers())
+    role = prov.artifact_role(prov.primary(requested)) if config.artifact == "auto" else config.artifact
+    session, report = _session_for(artifact, role, config.providers, config)
+    if config.require_gpu and not prov.is_gpu(report.primary):
+        reasons = "; ".join(f"{k}: {v}" for k, v in {**report.skipped, **report.dropped}.items())
+        raise ProviderUnavailableError(
+            f"EMBEDSERVE_REQUIRE_GPU is set but the session runs on {report.primary} ({reasons or 'no GPU provider'})"
+        )
+    if config.artifact == "auto" and role == "gpu" and not prov.is_gpu(report.primary) and "cpu" in artifact.graphs:
+        log.warning(
+            "GPU requested but the session fell back to %s; loading the CPU (%s) graph instead of the GPU one",
+            report.primary,
+            artifact.graph("cpu").precision,
+        )
+        role = "cpu"
+        session, cpu_report = _session_for(artifact, role, (report.primary,), config)
+        report = ProviderReport(
+            preference=report.preference,
+            requested=report.requested,
+            active=cpu_report.active,
+            skipped=report.skipped,
+            dropped=report.dropped,
+        )
+    io_binding = prov.is_gpu(report.primary) if config.io_binding is None else config.io_binding
+    return ModelRunner(session, report, role=role, precision=artifact.graph(role).precision, io_binding=io_binding)
+
+
+def _session_for(
+    artifact: Artifact, role: str, preference: Sequence[str], config: RuntimeConfig
+) -> tuple[ort.InferenceSession, ProviderReport]:
+    if config.verify_hashes:
+        artifact.verify(artifact.files_for(role))
+    precision = artifact.graph(role).precision
+    shape = config.batch_shape(gpu=role == "gpu")
+    options = {
+        prov.CUDA: _cuda_options(config, precision),
+        prov.TENSORRT: _tensorrt_options(artifact, role, config, (shape.max_batch_size, artifact.max_seq_length))
+        if prov.TENSORRT in preference
+        else {},
+    }
+    return create_session(
+        artifact.graph_path(role),
+        preference,
+        intra_op_threads=config.intra_op_threads,
+        inter_op_threads=config.inter_op_threads,
+        allow_spinning=config.allow_spinning,
+        options=options,
+    )

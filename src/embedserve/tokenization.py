@@ -1,11 +1,18 @@
-"""Fast tokenization with the artifact's ``tokenizer.json``: truncate at max_seq_length, pad per batch.
+"""Tokenization with the artifact's ``tokenizer.json``: truncate at max_seq_length, pad per batch, prompts.
 
-Texts are tokenized once, without padding; the batcher sorts them by token count and :func:`pad_batch` pads each
-batch to its own longest member. ``tokenizers`` is the only dependency (no transformers, no torch).
+Texts are tokenized in batches with the Rust tokenizer's batch encoding (``encode_batch_fast``: no character
+offsets, which embeddings never need), without padding, into a :class:`TokenBatch`: every text's token ids in
+one flat array plus offsets. The scheduler sorts texts by token count and :meth:`TokenBatch.pad` pads each
+inference batch to its own longest member with a few vectorised numpy operations (no per-text Python work).
+``tokenizers`` is the only dependency (no transformers, no torch).
+
+Prompts live here, as in TEI: a prompt is prepended to the text before tokenization and the number of prompt
+tokens is kept per text so that pooling can exclude them when the model asks.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,30 +22,116 @@ from tokenizers import Tokenizer
 
 from embedserve.errors import ArtifactError, InputTooLongError
 
+DIRECTIONS = ("right", "left")
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """One tokenized text.
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenBatch:
+    """Tokenized texts, unpadded, stored flat.
 
     Attributes:
-        ids: token ids, special tokens included, truncated to max_seq_length.
-        type_ids: token type ids, same length.
-        truncated: True if tokens were cut off.
-        prompt_length: number of leading prompt tokens (excluded from pooling when the model asks).
+        ids: every text's token ids, one after the other (int64).
+        type_ids: token type ids, same layout, or ``None`` when all are zero (single-sentence inputs).
+        offsets: ``(n + 1,)`` start of each text in ``ids``; text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+        truncated: ``(n,)`` True where tokens were cut off at max_seq_length.
+        prompt_lengths: ``(n,)`` leading prompt tokens per text (excluded from pooling when the model asks).
     """
 
     ids: np.ndarray
-    type_ids: np.ndarray
-    truncated: bool
-    prompt_length: int = 0
+    type_ids: np.ndarray | None
+    offsets: np.ndarray
+    truncated: np.ndarray
+    prompt_lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per text (special tokens included)."""
+        return np.diff(self.offsets)
 
     @property
     def n_tokens(self) -> int:
-        return int(self.ids.shape[0])
+        return int(self.offsets[-1])
+
+    def row(self, i: int) -> np.ndarray:
+        """Token ids of text ``i``."""
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def slice(self, start: int, stop: int) -> TokenBatch:
+        """Texts ``start`` to ``stop`` (views of the flat arrays, offsets rebased)."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        return TokenBatch(
+            ids=self.ids[first:last],
+            type_ids=None if self.type_ids is None else self.type_ids[first:last],
+            offsets=self.offsets[start : stop + 1] - first,
+            truncated=self.truncated[start:stop],
+            prompt_lengths=self.prompt_lengths[start:stop],
+        )
+
+    def require_untruncated(self, max_seq_length: int, *, param: str = "input") -> None:
+        """Raise when a text was cut at ``max_seq_length`` (for requests that asked not to truncate).
+
+        Raises:
+            InputTooLongError: naming the first such input and the limit.
+        """
+        cut = np.flatnonzero(self.truncated)
+        if cut.size:
+            raise InputTooLongError(
+                f"input {int(cut[0])} has more than {max_seq_length} tokens (max_input_tokens={max_seq_length}) "
+                "and truncate is false",
+                param=param,
+                limit_name="max_input_tokens",
+                limit=max_seq_length,
+            )
+
+    @classmethod
+    def concat(cls, parts: Sequence[TokenBatch]) -> TokenBatch:
+        """One batch holding ``parts`` in order."""
+        if len(parts) == 1:
+            return parts[0]
+        starts = np.cumsum([0] + [p.n_tokens for p in parts[:-1]])
+        offsets = np.concatenate([[0], *(p.offsets[1:] + s for p, s in zip(parts, starts, strict=True))])
+        if all(p.type_ids is None for p in parts):
+            type_ids = None
+        else:
+            type_ids = np.concatenate([np.zeros_like(p.ids) if p.type_ids is None else p.type_ids for p in parts])
+        return cls(
+            ids=np.concatenate([p.ids for p in parts]),
+            type_ids=type_ids,
+            offsets=offsets,
+            truncated=np.concatenate([p.truncated for p in parts]),
+            prompt_lengths=np.concatenate([p.prompt_lengths for p in parts]),
+        )
+
+    def pad(self, index: np.ndarray, *, pad_id: int, padding_side: str = "right") -> dict[str, np.ndarray]:
+        """Pad the texts ``index`` (in that order) to the longest of them.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` and ``token_type_ids``: int64 arrays of shape ``(len(index), longest)``.
+        """
+        lengths = self.offsets[index + 1] - self.offsets[index]
+        width = int(lengths.max())
+        n = len(index)
+        columns = np.arange(width)
+        if padding_side == "right":
+            mask = columns[None, :] < lengths[:, None]
+        else:
+            mask = columns[None, :] >= (width - lengths)[:, None]
+        # Positions in the flat arrays of every real token, row after row (the order boolean indexing fills).
+        ends = np.cumsum(lengths)
+        source = np.arange(int(ends[-1])) + np.repeat(self.offsets[index] - (ends - lengths), lengths)
+        ids = np.full((n, width), pad_id, dtype=np.int64)
+        ids[mask] = self.ids[source]
+        type_ids = np.zeros((n, width), dtype=np.int64)
+        if self.type_ids is not None:
+            type_ids[mask] = self.type_ids[source]
+        return {"input_ids": ids, "attention_mask": mask.astype(np.int64), "token_type_ids": type_ids}
 
 
 class TextTokenizer:
-    """Wraps a ``tokenizers.Tokenizer`` with sentence-transformers' truncation and our padding.
+    """Wraps a ``tokenizers.Tokenizer`` with sentence-transformers' truncation, our padding and the prompts.
 
     Args:
         tokenizer_file: path to ``tokenizer.json`` (as sentence-transformers ran it, lower-casing included).
@@ -50,13 +143,13 @@ class TextTokenizer:
     def __init__(self, tokenizer_file: Path, *, max_seq_length: int, pad_id: int, padding_side: str = "right"):
         if not Path(tokenizer_file).is_file():
             raise ArtifactError(f"tokenizer file {tokenizer_file} is missing")
-        if padding_side not in ("right", "left"):
+        if padding_side not in DIRECTIONS:
             raise ArtifactError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
         self.max_seq_length = int(max_seq_length)
         self.pad_id = int(pad_id)
         self.padding_side = padding_side
         self._by_direction: dict[str, Tokenizer] = {}
-        for direction in ("right", "left"):
+        for direction in DIRECTIONS:
             tok = Tokenizer.from_file(str(tokenizer_file))
             tok.no_padding()
             tok.enable_truncation(max_length=self.max_seq_length, strategy="longest_first", direction=direction)
@@ -73,67 +166,34 @@ class TextTokenizer:
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
 
-    def encode(
-        self,
-        texts: Sequence[str],
-        *,
-        truncate: bool = True,
-        direction: str = "right",
-        prompt: str | None = None,
-    ) -> list[Encoded]:
-        """Tokenize texts (no padding).
+    def encode(self, texts: Sequence[str], *, direction: str = "right", prompt: str | None = None) -> TokenBatch:
+        """Tokenize texts (no padding), truncating at max_seq_length.
 
         Args:
             texts: the texts.
-            truncate: if False, a text longer than max_seq_length raises :class:`InputTooLongError`.
             direction: which end to cut when truncating, ``"right"`` or ``"left"``.
             prompt: a prompt prepended to every text, as sentence-transformers does.
-
-        Raises:
-            InputTooLongError: ``truncate`` is False and a text is too long; the message names the limit.
         """
         tokenizer = self._by_direction[direction]
+        full = [prompt + t for t in texts] if prompt else texts
+        encodings = tokenizer.encode_batch_fast(full)
+        id_lists = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        ids = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=total)
+        type_lists = [e.type_ids for e in encodings]
+        type_ids = np.fromiter(itertools.chain.from_iterable(type_lists), dtype=np.int64, count=total)
+        truncated = np.zeros(len(id_lists), dtype=bool)
+        # Only a text at the limit can have been cut; asking the others for their overflow costs time.
+        for i in np.flatnonzero(lengths >= self.max_seq_length):
+            truncated[i] = bool(encodings[i].overflowing)
         prompt_length = self.prompt_length(prompt) if prompt else 0
-        full = [prompt + t for t in texts] if prompt else list(texts)
-        encodings = tokenizer.encode_batch(full)
-        out = []
-        for i, enc in enumerate(encodings):
-            truncated = bool(enc.overflowing)
-            if truncated and not truncate:
-                total = len(enc.ids) + sum(len(o.ids) for o in enc.overflowing)
-                raise InputTooLongError(
-                    f"input {i} has more than {self.max_seq_length} tokens (max_input_tokens={self.max_seq_length}, "
-                    f"about {total} before truncation) and truncate is false",
-                    param="input",
-                    limit_name="max_input_tokens",
-                    limit=self.max_seq_length,
-                )
-            out.append(
-                Encoded(
-                    ids=np.asarray(enc.ids, dtype=np.int64),
-                    type_ids=np.asarray(enc.type_ids, dtype=np.int64),
-                    truncated=truncated,
-                    prompt_length=prompt_length,
-                )
-            )
-        return out
-
-
-def pad_batch(batch: Sequence[Encoded], *, pad_id: int, padding_side: str = "right") -> dict[str, np.ndarray]:
-    """Pad a batch to its longest member.
-
-    Returns:
-        ``input_ids``, ``attention_mask`` and ``token_type_ids`` as int64 arrays of shape ``(batch, longest)``.
-    """
-    width = max(e.n_tokens for e in batch)
-    n = len(batch)
-    ids = np.full((n, width), pad_id, dtype=np.int64)
-    type_ids = np.zeros((n, width), dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    for row, enc in enumerate(batch):
-        length = enc.n_tokens
-        cols = slice(0, length) if padding_side == "right" else slice(width - length, width)
-        ids[row, cols] = enc.ids
-        type_ids[row, cols] = enc.type_ids
-        mask[row, cols] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+        return TokenBatch(
+            ids=ids,
+            type_ids=type_ids if type_ids.any() else None,
+            offsets=offsets,
+            truncated=truncated,
+            prompt_lengths=np.full(len(id_lists), prompt_length, dtype=np.int64),
+        )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny_models import build_tiny_model
 
-from embedserve import Embedder, RuntimeConfig, UnsupportedModelError
+from embedserve import Engine, RuntimeConfig, UnsupportedModelError
 from export import store
 from export.config import ExportConfig
 from export.parity import ParityError, ParityThresholds
@@ -82,7 +82,7 @@ def test_vectors_match_sentence_transformers_on_fresh_texts(exported):
 
     reference = SentenceTransformer(str(source), device="cpu").encode(FRESH_TEXTS)
     for role, floor in (("gpu", 0.99999), ("cpu", 0.99)):
-        embedder = Embedder(result.artifact_dir, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
+        embedder = Engine(result.artifact_dir, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
         vectors = embedder.embed(FRESH_TEXTS)
         assert vectors.shape == reference.shape
         cos = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)

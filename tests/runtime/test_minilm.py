@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from embedserve import ArtifactError, Embedder, InputTooLongError, ProviderUnavailableError, RuntimeConfig
+from embedserve import ArtifactError, Engine, InputTooLongError, ProviderUnavailableError, RuntimeConfig
 from embedserve.providers import CPU, CUDA
 
 pytestmark = pytest.mark.slow
@@ -48,13 +48,13 @@ def manifest(minilm_artifact) -> dict:
 
 
 @pytest.fixture(scope="module")
-def int8(minilm_artifact) -> Embedder:
-    return Embedder(minilm_artifact, RuntimeConfig(artifact="cpu", providers=CPU_ONLY))
+def int8(minilm_artifact) -> Engine:
+    return Engine(minilm_artifact, RuntimeConfig(artifact="cpu", providers=CPU_ONLY))
 
 
 @pytest.fixture(scope="module")
-def fp32(minilm_artifact) -> Embedder:
-    return Embedder(minilm_artifact, RuntimeConfig(artifact="gpu", providers=CPU_ONLY))
+def fp32(minilm_artifact) -> Engine:
+    return Engine(minilm_artifact, RuntimeConfig(artifact="gpu", providers=CPU_ONLY))
 
 
 def test_end_to_end_export_of_the_packaged_model(minilm_export, manifest, bentoml_home):
@@ -125,7 +125,7 @@ def test_normalize_dimensions_and_truncate(fp32):
 
 def test_gpu_package_falls_back_to_cpu_and_says_why(minilm_artifact):
     assert CUDA in ort.get_available_providers(), "onnxruntime-gpu is the serving dependency on Linux x86_64"
-    embedder = Embedder(minilm_artifact, RuntimeConfig())
+    embedder = Engine(minilm_artifact, RuntimeConfig())
     report = embedder.providers
     assert CUDA in report.requested
     assert report.active == (CPU,)
@@ -137,7 +137,7 @@ def test_gpu_package_falls_back_to_cpu_and_says_why(minilm_artifact):
 
 def test_require_gpu_is_fatal(minilm_artifact):
     with pytest.raises(ProviderUnavailableError, match="EMBEDSERVE_REQUIRE_GPU"):
-        Embedder(minilm_artifact, RuntimeConfig(require_gpu=True))
+        Engine(minilm_artifact, RuntimeConfig(require_gpu=True))
 
 
 def test_corrupt_graph_is_a_clear_error(minilm_artifact, tmp_path):
@@ -148,18 +148,18 @@ def test_corrupt_graph_is_a_clear_error(minilm_artifact, tmp_path):
     data[1000:3000] = b"\xff" * 2000
     graph.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"model_cpu_int8\.onnx is corrupt"):
-        Embedder(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY))
+        Engine(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY))
     graph.write_bytes(b"not an onnx file")
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
-        Embedder(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY, verify_hashes=False))
+        Engine(broken, RuntimeConfig(artifact="cpu", providers=CPU_ONLY, verify_hashes=False))
     with pytest.raises(ArtifactError, match=r"manifest\.json"):
-        Embedder(tmp_path, RuntimeConfig())
+        Engine(tmp_path, RuntimeConfig())
 
 
 def test_serving_path_never_imports_torch(minilm_artifact):
     code = (
-        "import sys; from embedserve import Embedder, RuntimeConfig;"
-        f"e = Embedder({str(minilm_artifact)!r}, RuntimeConfig());"
+        "import sys; from embedserve import Engine, RuntimeConfig;"
+        f"e = Engine({str(minilm_artifact)!r}, RuntimeConfig());"
         "v = e.embed(['hello']); assert v.shape == (1, 384);"
         "bad = [m for m in ('torch', 'sentence_transformers', 'transformers', 'optimum') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -58,7 +58,7 @@ def test_build_bundles_the_checked_model_and_a_gpu_capable_image(minilm_export, 
         assert package not in lines, f"{package} must not be in the serving image"
 
     sources = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()}
-    assert "service.py" in sources and "src/embedserve/embedder.py" in sources
+    assert "service.py" in sources and "src/embedserve/engine.py" in sources
     assert not any(s.startswith(("tests/", "export/", "benchmarks/", ".venv")) for s in sources), sources
 
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()

@@ -35,7 +35,7 @@ def test_service_does_not_import_export_or_torch():
 
 def test_serving_path_does_not_load_torch():
     code = (
-        "import sys, service, embedserve.embedder, embedserve.session;"
+        "import sys, service, embedserve.engine, embedserve.session;"
         "bad = [m for m in ('torch', 'optimum', 'sentence_transformers', 'transformers') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

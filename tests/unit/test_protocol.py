@@ -18,16 +18,16 @@ LIMITS = Limits(max_inputs=3, max_chars=10)
 def test_openai_accepts_string_and_list():
     assert parse_openai({"input": "hi", "model": "m"}, LIMITS, dimension=8).texts == ["hi"]
     req = parse_openai({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}, LIMITS, dimension=8)
-    assert req.texts == ["a", "b"] and req.encoding_format == "base64" and req.dimensions == 4
+    assert req.texts == ["a", "b"] and req.encoding_format == "base64" and req.options.dimensions == 4
 
 
 def test_tei_defaults():
-    req = parse_tei({"inputs": "x"}, LIMITS, dimension=8)
-    assert req.normalize is True and req.truncate is True and req.direction == "right"
-    req = parse_tei(
+    options = parse_tei({"inputs": "x"}, LIMITS, dimension=8).options
+    assert options.normalize is True and options.truncate is True and options.direction == "right"
+    options = parse_tei(
         {"inputs": ["x"], "normalize": False, "truncate": False, "truncation_direction": "Left"}, LIMITS, dimension=8
-    )
-    assert (req.normalize, req.truncate, req.direction) == (False, False, "left")
+    ).options
+    assert (options.normalize, options.truncate, options.direction) == (False, False, "left")
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,31 @@ from embedserve.errors import ConfigError
 
 
 def test_resolve_filters_by_available_and_keeps_cpu_last():
-    requested, skipped = prov.resolve(prov.DEFAULT_PREFERENCE, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    preference = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    requested, skipped = prov.resolve(preference, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert requested == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert "TensorrtExecutionProvider" in skipped
     assert "get_available_providers" in skipped["TensorrtExecutionProvider"]
     requested, _ = prov.resolve(("CUDAExecutionProvider",), ["CPUExecutionProvider"])
     assert requested == ("CPUExecutionProvider",)
+
+
+def test_tensorrt_is_opt_in_and_skipped_with_a_reason_when_its_libraries_are_missing():
+    assert prov.TENSORRT not in prov.DEFAULT_PREFERENCE
+    assert prov.DEFAULT_PREFERENCE == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    offered = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    requested, skipped = prov.resolve(
+        ("TensorrtExecutionProvider", "CUDAExecutionProvider"), offered, unusable={"TensorrtExecutionProvider": "no"}
+    )
+    assert requested == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert skipped == {"TensorrtExecutionProvider": "no"}
+
+
+def test_tensorrt_library_check_names_the_library():
+    from embedserve.session import tensorrt_missing
+
+    reason = tensorrt_missing()  # no TensorRT on the test machines
+    assert reason is not None and "libnvinfer" in reason
 
 
 def test_artifact_follows_provider():
@@ -44,6 +63,9 @@ def test_settings_from_env_reads_prefixed_variables_only():
             "EMBEDSERVE_INTRA_OP_THREADS": "3",
             "EMBEDSERVE_MAX_INPUTS": "7",
             "EMBEDSERVE_BATCH_WAIT_MS": "0.5",
+            "EMBEDSERVE_WORKERS": "2",
+            "EMBEDSERVE_IO_BINDING": "auto",
+            "EMBEDSERVE_CUDA_SDPA_KERNEL": "1",
             "MAX_INPUTS": "999",
         }
     )
@@ -51,7 +73,29 @@ def test_settings_from_env_reads_prefixed_variables_only():
     assert settings.runtime.require_gpu is True
     assert settings.runtime.intra_op_threads == 3
     assert settings.limits.max_inputs == 7
-    assert settings.limits.batch_wait_ms == 0.5
+    assert settings.runtime.batch_wait_ms == 0.5
+    assert settings.workers == 2
+    assert settings.runtime.io_binding is None and settings.runtime.cuda_sdpa_kernel == 1
+
+
+def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch):
+    import embedserve.config as config
+
+    monkeypatch.setattr(config, "available_cores", lambda: 16)
+    monkeypatch.setattr(config, "gpu_present", lambda: False)
+    cpu_host = Settings.from_env({})
+    assert cpu_host.workers == 16 and cpu_host.runtime.intra_op_threads == 1  # one worker per core
+    monkeypatch.setattr(config, "gpu_present", lambda: True)
+    gpu_host = Settings.from_env({})
+    assert gpu_host.workers == 1 and gpu_host.runtime.intra_op_threads == 16
+    assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4
+    runtime = RuntimeConfig(max_batch_size=64)
+    assert runtime.batch_shape(gpu=False) == config.BatchShape(
+        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, overhead_tokens=32
+    )
+    assert runtime.batch_shape(gpu=True).max_batch_tokens == config.GPU_BATCH.max_batch_tokens
+    assert RuntimeConfig().tokenizer_pool_size(gpu=False) == 1
+    assert RuntimeConfig().tokenizer_pool_size(gpu=True) == config.GPU_TOKENIZER_THREADS
 
 
 def test_defaults_are_explicit():
@@ -69,6 +113,11 @@ def test_defaults_are_explicit():
         ({"EMBEDSERVE_ARTIFACT": "tpu"}, "artifact must be one of auto, cpu, gpu"),
         ({"EMBEDSERVE_REQUIRE_GPU": "maybe"}, "EMBEDSERVE_REQUIRE_GPU"),
         ({"EMBEDSERVE_PROVIDERS": "quantum"}, "EMBEDSERVE_PROVIDERS"),
+        ({"EMBEDSERVE_BATCH_WAIT_MS": "inf"}, "batch_wait_ms must be between 0 and 1000"),
+        ({"EMBEDSERVE_BATCH_WAIT_MS": "nan"}, "batch_wait_ms must be between 0 and 1000"),
+        ({"EMBEDSERVE_WORKERS": "0"}, "EMBEDSERVE_WORKERS"),
+        ({"EMBEDSERVE_WORKERS": "many"}, "EMBEDSERVE_WORKERS"),
+        ({"EMBEDSERVE_IO_BINDING": "sometimes"}, "EMBEDSERVE_IO_BINDING"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

@@ -1,4 +1,4 @@
-"""Tokenization with the packaged MiniLM tokenizer: truncation at max_seq_length, padding per batch."""
+"""Tokenization with the packaged MiniLM tokenizer: truncation at max_seq_length, padding per batch, prompts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedserve.errors import ArtifactError, InputTooLongError
-from embedserve.tokenization import TextTokenizer, pad_batch
+from embedserve.tokenization import TextTokenizer, TokenBatch
 
 
 @pytest.fixture(scope="module")
@@ -16,45 +16,84 @@ def tokenizer(minilm_dir):
 
 
 def test_no_fixed_padding_and_truncation_at_max_seq_length(tokenizer):
-    short, long = tokenizer.encode(["hello", "word " * 1000])
-    assert short.n_tokens == 3  # [CLS] hello [SEP]
-    assert not short.truncated
-    assert long.n_tokens == 256
-    assert long.truncated
+    batch = tokenizer.encode(["hello", "word " * 1000])
+    assert batch.lengths.tolist() == [3, 256]  # [CLS] hello [SEP]; the long one cut at 256
+    assert batch.truncated.tolist() == [False, True]
+    assert batch.ids.dtype == np.int64 and batch.n_tokens == 259
+    assert batch.row(0).tolist() == [101, 7592, 102]
 
 
-def test_truncate_false_names_the_limit(tokenizer):
+def test_an_exactly_full_text_is_not_called_truncated(tokenizer):
+    words = tokenizer.encode(["word " * 254])
+    assert words.lengths.tolist() == [256] and not words.truncated.any()
+
+
+def test_truncate_false_names_the_input_and_the_limit(tokenizer):
+    batch = tokenizer.encode(["fine", "word " * 300])
     with pytest.raises(InputTooLongError) as info:
-        tokenizer.encode(["fine", "word " * 300], truncate=False)
+        batch.require_untruncated(256)
     assert "input 1" in str(info.value)
     assert "max_input_tokens=256" in str(info.value)
     assert info.value.limit == 256
+    batch.slice(0, 1).require_untruncated(256)  # the first text alone is fine
 
 
 def test_left_truncation_keeps_the_end(tokenizer):
     text = "alpha " * 300 + "omega"
-    right, left = tokenizer.encode([text])[0], tokenizer.encode([text], direction="left")[0]
-    assert left.ids[-2] != right.ids[-2]  # the token before [SEP] is "omega" only when cutting on the left
-    assert left.n_tokens == right.n_tokens == 256
+    right, left = tokenizer.encode([text]).row(0), tokenizer.encode([text], direction="left").row(0)
+    assert left[-2] != right[-2]  # the token before [SEP] is "omega" only when cutting on the left
+    assert len(left) == len(right) == 256
 
 
-def test_pad_batch_right_and_left(tokenizer):
+def test_pad_right_and_left(tokenizer):
     batch = tokenizer.encode(["a b c d", "x"])
-    right = pad_batch(batch, pad_id=0)
+    right = batch.pad(np.array([0, 1]), pad_id=0)
     assert right["input_ids"].shape == (2, 6)
     np.testing.assert_array_equal(right["attention_mask"][1], [1, 1, 1, 0, 0, 0])
-    left = pad_batch(batch, pad_id=0, padding_side="left")
-    np.testing.assert_array_equal(left["attention_mask"][1], [0, 0, 0, 1, 1, 1])
-    np.testing.assert_array_equal(left["input_ids"][1, 3:], batch[1].ids)
-    assert right["input_ids"].dtype == np.int64
+    np.testing.assert_array_equal(right["input_ids"][0], batch.row(0))
+    left = batch.pad(np.array([1, 0]), pad_id=0, padding_side="left")  # any order of rows
+    np.testing.assert_array_equal(left["attention_mask"][0], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(left["input_ids"][0, 3:], batch.row(1))
+    np.testing.assert_array_equal(left["input_ids"][1], batch.row(0))
+    assert right["input_ids"].dtype == np.int64 and not right["token_type_ids"].any()
+
+
+def test_pad_matches_a_per_row_loop_on_random_batches(tokenizer):
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over a lazy dog while 42 cats watch".split()
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 40)))) for _ in range(50)]
+    batch = tokenizer.encode(texts)
+    for side in ("right", "left"):
+        index = rng.permutation(50)[:17]
+        padded = batch.pad(index, pad_id=7, padding_side=side)
+        width = int(batch.lengths[index].max())
+        for row, i in enumerate(index):
+            ids = batch.row(int(i))
+            expected = np.full(width, 7)
+            if side == "right":
+                expected[: len(ids)] = ids
+            else:
+                expected[width - len(ids) :] = ids
+            np.testing.assert_array_equal(padded["input_ids"][row], expected)
+            assert padded["attention_mask"][row].sum() == len(ids)
+
+
+def test_concat_and_slice_round_trip(tokenizer):
+    a = tokenizer.encode(["one two", "three"])
+    b = tokenizer.encode(["four five six"], prompt="query: ")
+    both = TokenBatch.concat([a, b])
+    assert len(both) == 3 and both.prompt_lengths.tolist() == [0, 0, 3]
+    np.testing.assert_array_equal(both.row(2), b.row(0))
+    np.testing.assert_array_equal(both.slice(1, 3).row(0), a.row(1))
+    assert both.slice(1, 3).n_tokens == a.lengths[1] + b.lengths[0]
 
 
 def test_prompt_is_prepended_and_measured(tokenizer):
-    plain = tokenizer.encode(["cats"])[0]
-    prompted = tokenizer.encode(["cats"], prompt="query: ")[0]
+    plain = tokenizer.encode(["cats"])
+    prompted = tokenizer.encode(["cats"], prompt="query: ")
     # "query: " is 2 tokens plus [CLS]; its trailing [SEP] does not count
-    assert prompted.prompt_length == 3
-    assert prompted.n_tokens == plain.n_tokens + 2
+    assert prompted.prompt_lengths.tolist() == [3]
+    assert prompted.lengths[0] == plain.lengths[0] + 2
 
 
 def test_missing_tokenizer_file(tmp_path):
