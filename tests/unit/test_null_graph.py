@@ -93,3 +93,15 @@ def test_target_must_be_new_or_empty(tmp_path, minilm_dir):
     assert build_null_artifact(source, tmp_path / "empty") == tmp_path / "empty"
     with pytest.raises(FileExistsError, match="not an empty directory"):
         build_null_artifact(source, tmp_path / "empty")
+
+
+def test_bench_pooled_output_smoke(tmp_path, minilm_dir):
+    from benchmarks.bench_pooled_output import METHODS, run
+
+    source = fake_artifact(tmp_path / "source", minilm_dir)
+    results = run(source, batch_sizes=[3], tokens=16, repeats=1, threads=1)
+    assert sorted(results) == ["cpu/int8/b3", "gpu/fp32/b3", "null/cpu/b3", "null/gpu/b3"]
+    for cell in results.values():
+        assert set(METHODS) <= set(cell["median_ms"]) and cell["padded_shape"][0] == 3
+        assert cell["max_abs_diff_pooled_vs_numpy_same_run"] < 1e-5
+        assert cell["max_abs_diff_pooled_vs_original_graph"] < 1e-5
