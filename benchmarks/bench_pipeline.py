@@ -43,9 +43,7 @@ def measure(artifact: Path, cores: list[int], seconds: float) -> dict[str, Any]:
     from embedserve.providers import CPU
 
     n = len(cores)
-    engine = Engine(
-        artifact, RuntimeConfig(artifact="gpu", providers=(CPU,), intra_op_threads=n, tokenizer_threads=n)
-    )
+    engine = Engine(artifact, RuntimeConfig(artifact="gpu", providers=(CPU,), intra_op_threads=n, tokenizer_threads=n))
     short = make_workloads(artifact, ["short"], size=1024)["short"]
     texts = [short.texts[k % len(short.texts)] for k in range(TEXTS)]
     engine.warmup()

@@ -1,4 +1,5 @@
-"""The export stage end to end: source -> ONNX -> optimized -> int8 -> parity gate -> manifest -> model store.
+"""The export stage end to end: source -> ONNX -> optimized -> int8 -> pooled output -> parity gate -> manifest ->
+model store.
 
 Everything is built in a temporary directory next to the output and moved into place only after parity
 passed; a failed gate leaves the previous artifact and the model store untouched.
@@ -25,7 +26,7 @@ from embedserve.artifact import Artifact
 from embedserve.config import RuntimeConfig
 from embedserve.engine import Engine
 from embedserve.providers import CPU, DEFAULT_PREFERENCE
-from export import onnx_export, optimize, quantize, source, store
+from export import onnx_export, optimize, pooling_graph, quantize, source, store
 from export.config import ExportConfig
 from export.manifest import build_manifest, read_manifest, write_manifest
 from export.parity import ParityError, ParityThresholds, ProbeCorpus, evaluate, format_table
@@ -200,7 +201,7 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
         ParityError: the gate failed; nothing was moved into place or registered.
         UnsupportedModelError: the model uses a module the exporter cannot reproduce.
     """
-    progress = Progress(8 if config.register else 7, stream)
+    progress = Progress(9 if config.register else 8, stream)
     output = config.output_dir.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -235,6 +236,12 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
             _, quant_settings = quantize.quantize(
                 optimized, artifact_dir / CPU_GRAPH, preset, per_channel=config.per_channel
             )
+        # After optimization and quantization, so that neither the optimizer nor the quantizer sees these nodes.
+        with progress.step(f"Adding the pooled output ({'+'.join(pipeline.head.pooling)}) to every graph"):
+            for name in (GPU_GRAPHS[config.gpu_precision], CPU_GRAPH):
+                pooling_graph.add_pooled_output(
+                    artifact_dir / name, pooling=pipeline.head.pooling, padding_side=pipeline.padding_side
+                )
         with progress.step("Writing the tokenizer, head weights and manifest"):
             source.save_tokenizer(st_model, artifact_dir / "tokenizer.json")
             pipeline.head.save_weights(artifact_dir)
@@ -260,6 +267,7 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                         "precision": config.gpu_precision,
                         "optimization": gpu_level,
                         "opset": opset,
+                        "pooled_output": pooling_graph.POOLED_OUTPUT,
                         "for": "TensorRT / CUDA execution providers",
                     },
                     "cpu": {
@@ -268,6 +276,7 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                         "optimization": config.optimization,
                         "quantization": quant_settings,
                         "opset": opset,
+                        "pooled_output": pooling_graph.POOLED_OUTPUT,
                         "for": "CPU execution provider",
                     },
                 },

@@ -13,10 +13,13 @@ import pytest
 from tiny_models import build_tiny_model
 
 from embedserve import Engine, RuntimeConfig, UnsupportedModelError
+from embedserve.pooling import pool
+from embedserve.tokenization import TextTokenizer
 from export import store
 from export.config import ExportConfig
 from export.parity import ParityError, ParityThresholds
 from export.pipeline import CPU_GRAPH, GPU_GRAPHS, export_model, recheck
+from export.pooling_graph import POOLED_OUTPUT
 
 ROOT = Path(__file__).resolve().parents[2]
 FRESH_TEXTS = [
@@ -41,6 +44,37 @@ VARIANTS = {
         include_prompt=False,
     ),
 }
+
+
+def check_pooled_outputs(artifact_dir: Path) -> None:
+    """Every graph has ``pooled_embedding`` (float32, (batch, D)), equal to the numpy pooling of its own
+    ``last_hidden_state`` on padded texts of very different lengths."""
+    import onnxruntime as ort
+
+    manifest = json.loads((artifact_dir / "manifest.json").read_text())
+    model, tok = manifest["model"], manifest["tokenizer"]
+    tokenizer = TextTokenizer(
+        artifact_dir / tok["file"],
+        max_seq_length=tok["max_seq_length"],
+        pad_id=tok["pad_id"],
+        padding_side=tok["padding_side"],
+    )
+    tokens = tokenizer.encode(FRESH_TEXTS)
+    feed = tokens.pad(np.arange(len(tokens)), pad_id=tok["pad_id"], padding_side=tok["padding_side"])
+    assert len(set(feed["attention_mask"].sum(axis=1).tolist())) == len(FRESH_TEXTS)  # all padded differently
+    for role, entry in manifest["artifacts"].items():
+        assert entry["pooled_output"] == POOLED_OUTPUT, role
+        session = ort.InferenceSession(str(artifact_dir / entry["file"]), providers=["CPUExecutionProvider"])
+        outputs = {o.name: o for o in session.get_outputs()}
+        assert list(outputs) == ["last_hidden_state", POOLED_OUTPUT], (role, list(outputs))
+        assert outputs[POOLED_OUTPUT].type == "tensor(float)"
+        hidden, pooled = session.run(
+            ["last_hidden_state", POOLED_OUTPUT], {i.name: feed[i.name] for i in session.get_inputs()}
+        )
+        width = model["hidden_size"] * len(model["pooling"])
+        assert pooled.dtype == np.float32 and pooled.shape == (len(FRESH_TEXTS), width), (role, pooled.shape)
+        expected = pool(hidden.astype(np.float32), feed["attention_mask"], model["pooling"])
+        np.testing.assert_allclose(pooled, expected, atol=1e-5, rtol=1e-5, err_msg=role)
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -68,6 +102,7 @@ def test_artifact_files_manifest_and_store(exported):
     assert manifest["artifacts"]["cpu"]["quantization"]["per_channel"] is True
     for role in ("cpu", "gpu"):
         assert manifest["parity"]["artifacts"][role]["passed"] is True
+        assert manifest["artifacts"][role]["pooled_output"] == POOLED_OUTPUT
     # registered under its name, with the manifest's parity as metadata
     stored = store.lookup(result.tag)
     assert stored is not None and (stored / "manifest.json").is_file()
@@ -82,13 +117,31 @@ def test_vectors_match_sentence_transformers_on_fresh_texts(exported):
 
     reference = SentenceTransformer(str(source), device="cpu").encode(FRESH_TEXTS)
     for role, floor in (("gpu", 0.99999), ("cpu", 0.99)):
-        embedder = Engine(result.artifact_dir, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
-        vectors = embedder.embed(FRESH_TEXTS)
+        engine = Engine(result.artifact_dir, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
+        vectors = engine.embed(FRESH_TEXTS)
         assert vectors.shape == reference.shape
         cos = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
         assert cos.min() >= floor, (variant, role, cos)
         if role == "gpu":  # fp32: the same numbers, not just the same direction
             np.testing.assert_allclose(vectors, reference, atol=2e-4, rtol=1e-3)
+
+
+def test_every_graph_has_the_pooled_output(exported):
+    _, _, result = exported
+    check_pooled_outputs(result.artifact_dir)
+
+
+def test_null_artifact_of_an_export(exported, tmp_path):
+    from benchmarks.null_graph import build_null_artifact
+
+    _, _, result = exported
+    null = build_null_artifact(result.artifact_dir, tmp_path / "null")
+    check_pooled_outputs(null)
+    for role in ("cpu", "gpu"):
+        engine = Engine(null, RuntimeConfig(artifact=role, providers=("CPUExecutionProvider",)))
+        assert engine.describe()["pooling_in_graph"] is True
+        vectors = engine.embed(FRESH_TEXTS)
+        assert vectors.shape == (len(FRESH_TEXTS), engine.dimension) and np.isfinite(vectors).all()
 
 
 def test_recheck_passes_then_catches_a_tampered_head(exported, tmp_path):
@@ -155,7 +208,9 @@ def test_unsupported_module_is_named(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Keep the caller's PYTHONPATH after ROOT: it may point at this checkout's src/ (a worktree sharing a venv
+    # whose editable install is another checkout).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.run(
         [sys.executable, "-m", "export", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -200,4 +255,5 @@ def test_fp16_gpu_artifact(tmp_path):
     assert gpu["file"] == GPU_GRAPHS["fp16"] and gpu["precision"] == "fp16" and gpu["optimization"] == "O4"
     report = result.manifest["parity"]["artifacts"]["gpu"]
     assert report["passed"] and report["thresholds"]["cosine_min"] == 0.999
+    check_pooled_outputs(result.artifact_dir)  # the O4 graph's pooling runs in float32
     assert result.tag is None
