@@ -214,7 +214,7 @@ class TokenCounter:
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, after truncation at ``max_seq_length``."""
-        return [e.n_tokens for e in self._model_view.encode(list(texts))]
+        return self._model_view.encode(list(texts)).lengths.tolist()
 
     def cut(self, text: str, body_tokens: int) -> tuple[str, int]:
         """The longest prefix of ``text`` ending at a word boundary with at most ``body_tokens`` tokens.

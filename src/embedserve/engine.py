@@ -192,28 +192,31 @@ class Engine:
     def _tokenize_later(self, texts: Sequence[str], options: EmbedOptions) -> Callable[[], TokenBatch]:
         """Start tokenizing; the returned function waits for the result (and raises the tokenization's errors)."""
         prompt = self.prompt(options.prompt_name)
-        started = time.perf_counter()
         pieces = min(self.tokenizer_threads, len(texts) // MIN_TOKENIZE_SPLIT)
-        if self._pool is None or pieces < 2:
-            futures = None
-        else:
+        futures = None
+        if self._pool is not None and pieces >= 2:
             bounds = np.linspace(0, len(texts), pieces + 1).astype(int)
             futures = [
-                self._pool.submit(self.tokenizer.encode, texts[a:b], direction=options.direction, prompt=prompt)
+                self._pool.submit(self._encode_timed, texts[a:b], options.direction, prompt)
                 for a, b in itertools.pairwise(bounds.tolist())
             ]
 
         def join() -> TokenBatch:
             if futures is None:
-                tokens = self.tokenizer.encode(texts, direction=options.direction, prompt=prompt)
+                tokens = self._encode_timed(texts, options.direction, prompt)
             else:
                 tokens = TokenBatch.concat([f.result() for f in futures])
-            self.timings.tokenize_s += time.perf_counter() - started
             if not options.truncate:
                 tokens.require_untruncated(self.max_seq_length)
             return tokens
 
         return join
+
+    def _encode_timed(self, texts: Sequence[str], direction: str, prompt: str | None) -> TokenBatch:
+        started = time.perf_counter()
+        tokens = self.tokenizer.encode(texts, direction=direction, prompt=prompt)
+        self.timings.tokenize_s += time.perf_counter() - started  # thread time: may exceed wall time with a pool
+        return tokens
 
     def compute(self, tokens: TokenBatch) -> np.ndarray:
         """Run the model on tokenized texts: sorted by length, cut into batches, restored to input order.
