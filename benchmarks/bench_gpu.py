@@ -100,11 +100,18 @@ def unstage_artifacts(staged: Path, target: Path) -> dict[str, Path]:
 
 
 def timed_calls(
-    call: Callable[[Sequence[str]], Any], chunks: Sequence[Sequence[str]], seconds: float, warmup: int = 3
+    call: Callable[[Sequence[str]], Any],
+    chunks: Sequence[Sequence[str]],
+    seconds: float,
+    warmup: int = 3,
+    engine: Engine | None = None,
 ) -> dict:
-    """Call ``call`` on ``chunks`` round-robin for about ``seconds`` (after ``warmup`` calls)."""
+    """Call ``call`` on ``chunks`` round-robin for about ``seconds`` (after ``warmup`` calls); with ``engine``, its
+    phase times per call too (tokenize: thread time, may exceed the wall time; inference: ``session.run``)."""
     for chunk in chunks[:warmup]:
         call(chunk)
+    if engine is not None:
+        engine.timings.reset()
     latencies: list[float] = []
     texts = 0
     started = time.perf_counter()
@@ -117,7 +124,14 @@ def timed_calls(
         texts += len(chunk)
         k += 1
     wall = time.perf_counter() - started
-    return {"texts_per_s": round(texts / wall, 1), "calls": len(latencies), "latency": latency_summary(latencies)}
+    out = {"texts_per_s": round(texts / wall, 1), "calls": len(latencies), "latency": latency_summary(latencies)}
+    if engine is not None:
+        phases = engine.timings.as_dict()
+        out["phase_ms_per_call"] = {
+            k: round(phases[k] * 1000 / len(latencies), 3) for k in ("tokenize_s", "inference_s", "pooling_s")
+        }
+        out["batches_per_call"] = round(phases["batches"] / len(latencies), 2)
+    return out
 
 
 def raw_session(graph: Path, *, gpu: bool, precision: str, repeats: int = 50) -> dict[str, Any]:
@@ -205,12 +219,18 @@ def parity(engines: dict[str, Engine], reference_model: Any, texts: Sequence[str
 
 
 def http_cells(
-    artifact_dir: Path, texts: Sequence[str], *, server_pythonpath: str, seconds: float, home: Path
+    artifact_dir: Path,
+    texts: Sequence[str],
+    *,
+    server_pythonpath: str,
+    seconds: float,
+    home: Path,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """``bentoml serve`` on the GPU, 64 clients, 1 and 16 short texts per request."""
+    """``bentoml serve`` on the GPU with ``workers`` worker processes, 64 clients, 1 and 16 short texts per request."""
     from benchmarks.bench_http import Server, closed_loop, encode_body, free_port
 
-    env = {"PYTHONPATH": server_pythonpath, "BENTOML_HOME": str(home)}
+    env = {"PYTHONPATH": server_pythonpath, "BENTOML_HOME": str(home), "EMBEDSERVE_WORKERS": str(workers)}
     register = (
         "import json, sys; from pathlib import Path; from export.store import register; "
         "d = Path(sys.argv[1]); m = json.loads((d / 'manifest.json').read_text()); "
@@ -353,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name.endswith("default-attention") and batch != 32:
                     continue  # measured once: the point is the kernel rebuilt per new length
                 with section(f"{cell} {name}"):
-                    row[name] = timed_calls(engine.embed, chunks, args.cell_seconds, warmup)
+                    row[name] = timed_calls(engine.embed, chunks, args.cell_seconds, warmup, engine)
             for name, model in st.items():
                 with section(f"{cell} {name}"):
                     row[name] = timed_calls(st_call(model, batch), chunks, args.cell_seconds, warmup)
@@ -403,15 +423,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.http_seconds > 0:
         say("http")
-        with section("http"):
-            results["http"] = http_cells(
-                dirs["fp16"] if gpu else dirs["fp32"],
-                workloads["short"].texts,
-                server_pythonpath=args.server_pythonpath or os.environ.get("PYTHONPATH", ""),
-                seconds=args.http_seconds,
-                home=args.work / "bentoml",
-            )
-        save()
+        for workers in (1, 4) if gpu else (1,):
+            key = "http" if workers == 1 else f"http_workers{workers}"
+            with section(key):
+                results[key] = http_cells(
+                    dirs["fp16"] if gpu else dirs["fp32"],
+                    workloads["short"].texts,
+                    server_pythonpath=args.server_pythonpath or os.environ.get("PYTHONPATH", ""),
+                    seconds=args.http_seconds,
+                    home=args.work / f"bentoml-{workers}",
+                    workers=workers,
+                )
+            save()
 
     gpu_name = (machine.get("gpu") or [{"name": "CPU rehearsal"}])[0]["name"]
     with section("plot"):

@@ -6,8 +6,8 @@ measured is everything around the model: tokenization, batch planning, padding, 
 normalisation, and for requests the scheduler's two stages. A GPU can only be kept busy if this is far faster than
 the model.
 
-For 1 and 2 cores (each in a child process pinned to those cores with ``sched_setaffinity``; ONNX Runtime and the
-tokenizer get as many threads as cores):
+For 1 and 2 cores (or ``--cores``; each in a child process pinned to those cores with ``sched_setaffinity``; ONNX
+Runtime and the tokenizer get as many threads as cores; the batch shape is a GPU session's, 256 texts per call):
 
 * ``direct``: :meth:`Engine.run` on 8,192 short texts in one call (tokenizing the next step overlaps the current);
 * ``calls_of_256``: :meth:`Engine.run` in calls of 256 texts;
