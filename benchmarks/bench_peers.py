@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--parity-min", type=float, default=0.9, help="minimum cosine (CLS instead of mean pooling gives ~0.6)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 3 s cells, 1 s warm-up")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 s cells, 1 s warm-up")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default benchmarks/results/{NAME}.json)")
     return parser
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status (1 if a server failed or a check did not pass)."""
     args = build_parser().parse_args(argv)
-    args.duration = args.duration or (3.0 if args.quick else 20.0)
+    args.duration = args.duration or (2.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0)
     servers = parse_list(args.servers)
     unknown = sorted(set(servers) - set(SERVERS))
