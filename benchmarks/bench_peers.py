@@ -123,8 +123,30 @@ def parity(server: Server, route: str, model: str, texts: list[str], reference: 
     }
 
 
+def quiet_wait(known: Any, max_cores: float, timeout_s: float) -> float | None:
+    """Wait (1 s samples, at most ``timeout_s``) until other processes keep at most ``max_cores`` cores busy.
+
+    Returns:
+        The last sample's other-processes cores (``None`` off Linux).
+    """
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        probe = ForeignLoad(known)
+        probe.start()
+        time.sleep(1.0)
+        cores = probe.stop()
+        if cores is None or cores <= max_cores or time.perf_counter() >= deadline:
+            return cores
+
+
 def measure(server: Server, route: str, bodies: list[bytes], size: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One cell: check, warm-up, check (drain), measured wrk run, check."""
+    """One cell: check, warm-up, check (drain), then the measured wrk run and a check.
+
+    On this shared machine a neighbour taking a core halves a 2-core server's rate, so the measured run waits (up to
+    ``--quiet-wait`` s) for other processes to use at most ``--max-others`` cores, and is repeated (up to
+    ``--retries`` times) when they used more during it; the attempt with the least foreign load is reported, and
+    every attempt's rate and foreign load is kept in ``attempts``.
+    """
     checks = {"before": check_embeddings(server.url, route, bodies, texts_per_body=size, dimension=DIMENSION)}
     load = {"connections": args.connections, "threads": args.threads, "timeout_s": args.timeout}
     run_wrk(server.url, route, bodies, duration_s=args.warmup, **load)
@@ -134,20 +156,37 @@ def measure(server: Server, route: str, bodies: list[bytes], size: int, args: ar
         times = os.times()
         return (server.cpu_seconds() or 0.0) + times.children_user + times.children_system
 
-    others = ForeignLoad(known)
-    server_cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
-    others.start()
-    cell = run_wrk(server.url, route, bodies, duration_s=args.duration, **load)
-    cell["other_processes_cores"] = others.stop()
-    server_cpu1, wall = server.cpu_seconds(), time.perf_counter() - wall0
-    checks["after"] = check_embeddings(server.url, route, bodies, texts_per_body=size, dimension=DIMENSION)
-    server_cpu = server_cpu1 - server_cpu0 if server_cpu0 is not None and server_cpu1 is not None else None
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1 + args.retries):
+        before = quiet_wait(known, args.max_others, args.quiet_wait)
+        others = ForeignLoad(known)
+        server_cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        others.start()
+        cell = run_wrk(server.url, route, bodies, duration_s=args.duration, **load)
+        cell["other_processes_cores"] = others.stop()
+        server_cpu1, wall = server.cpu_seconds(), time.perf_counter() - wall0
+        checks[f"after_run_{attempt}"] = check_embeddings(
+            server.url, route, bodies, texts_per_body=size, dimension=DIMENSION
+        )
+        server_cpu = server_cpu1 - server_cpu0 if server_cpu0 is not None and server_cpu1 is not None else None
+        cell["server_cpu_cores_busy"] = round(server_cpu / wall, 3) if server_cpu is not None else None
+        cell["other_processes_cores_before"] = before
+        attempts.append(cell)
+        foreign = cell["other_processes_cores"]
+        if foreign is None or foreign <= args.max_others:
+            break
+        then = "measuring again" if attempt < args.retries else "reporting the least disturbed attempt"
+        print(f"  other processes kept {foreign} cores busy (> {args.max_others}): {then}", flush=True)
+    best = min(attempts, key=lambda c: c["other_processes_cores"] or 0.0)
     return {
         "texts_per_request": size,
-        "embeddings_per_s": round(cell["requests_per_s"] * size, 2),
-        **cell,
-        "server_cpu_cores_busy": round(server_cpu / wall, 3) if server_cpu is not None else None,
+        "embeddings_per_s": round(best["requests_per_s"] * size, 2),
+        **best,
         "distinct_bodies": len(bodies),
+        "attempts": [
+            {k: c[k] for k in ("requests_per_s", "other_processes_cores", "other_processes_cores_before")}
+            for c in attempts
+        ],
         "checks": checks,
         "checks_ok": all(c["ok"] == c["checked"] for c in checks.values()),
     }
@@ -199,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--parity-min", type=float, default=0.9, help="minimum cosine (CLS instead of mean pooling gives ~0.6)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 2 s cells, 1 s warm-up")
+    parser.add_argument(
+        "--max-others", type=float, default=0.25, help="cores other processes may use during a measured run"
+    )
+    parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait for them to drop below it")
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements of a cell they disturbed")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 s cells, 1 s warm-up, no waits or retries")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default benchmarks/results/{NAME}.json)")
     return parser
@@ -210,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0)
+    if args.quick:
+        args.quiet_wait, args.retries = 0.0, 0
     servers = parse_list(args.servers)
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
@@ -291,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "cosine_min_required": args.parity_min,
         },
         "other_processes_cores": "cores kept busy by processes other than this script, the server and wrk",
+        "noise_guard": {"max_others": args.max_others, "quiet_wait_s": args.quiet_wait, "retries": args.retries},
         "quick": args.quick,
         "failures": failures,
         "elapsed_s": round(time.perf_counter() - started, 1),
