@@ -5,8 +5,8 @@ Runtime), on the same all-MiniLM-L6-v2, started and stopped like ``bentoml serve
 ONNX file each (infinity neither exports nor quantizes; it serves the ``*.onnx`` it finds in the model directory and
 on CPU prefers a file named ``*quantize*``):
 
-* ``int8``: ``model_quantized.onnx``, Optimum's dynamic int8 quantization (per-channel, the preset embedserve's export
-  picks for this CPU) of the plain export;
+* ``int8``: ``model_quantized.onnx``, Optimum's dynamic quantization (per-channel, the preset embedserve's export
+  picks for this CPU, so the same weight and activation types as embedserve's int8 graph) of the plain export;
 * ``fp32``: ``model.onnx``, the plain Optimum export.
 
 What infinity 0.0.78 does with them, and what :class:`Infinity` sets because of it:
@@ -216,7 +216,12 @@ class Infinity(Server):
             "execution_provider": "CPUExecutionProvider",
             "onnx_file": self.onnx_file.name,
             "onnx_bytes": self.onnx_file.stat().st_size,
-            "precision": "dynamic int8 (uint8 activations, int8 weights)" if self.precision == "int8" else "fp32",
+            "precision": (
+                f"dynamic int8: {quantization['activations_dtype']} activations, {quantization['weights_dtype']} "
+                f"weights, {'per-channel' if quantization['per_channel'] else 'per-tensor'}"
+                if quantization
+                else "fp32"
+            ),
             "quantization": quantization,
             "exported_by": "setup_infinity.sh (optimum-cli export onnx / onnxruntime quantize), not infinity",
             "graph_optimization": graph,
