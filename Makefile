@@ -10,13 +10,14 @@ STAMP := $(VENV)/.setup-stamp
 PORT ?= 3000
 MODEL_NAME ?= embedserve-all-minilm-l6-v2
 EXPORT_ARGS ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help setup export serve build test test-fast lint format bench lock clean
+.PHONY: help setup export serve build test test-fast lint format bench bench-peers lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +59,10 @@ format: setup ## apply ruff's formatting and fixes
 
 bench: model ## run the benchmarks (library and HTTP); results go to benchmarks/results/
 	$(PY) benchmarks/run_all.py
+
+bench-peers: model ## embedserve vs infinity-emb over HTTP with wrk (BENCH_ARGS='...'); sets up build/peers first
+	PROJECT_VENV=$(VENV) bash benchmarks/peers/setup_infinity.sh
+	$(PY) -m benchmarks.bench_peers $(BENCH_ARGS)
 
 lock: ## re-resolve requirements/constraints.txt from the current .venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^embedserve' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt.new

@@ -89,10 +89,10 @@ def http_get_json(url: str, timeout: float = 10.0) -> Any:
         return json.loads(resp.read())
 
 
-def is_ready(base_url: str) -> bool:
-    """True when ``GET /readyz`` answers 200."""
+def is_ready(base_url: str, path: str = "/readyz") -> bool:
+    """True when ``GET path`` answers 200."""
     try:
-        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as resp:
+        with urllib.request.urlopen(f"{base_url}{path}", timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -101,11 +101,18 @@ def is_ready(base_url: str) -> bool:
 class Server:
     """``bentoml serve service:Embeddings`` as a child process in its own process group.
 
+    Subclasses (peer servers, ``benchmarks/peers.py``) override :meth:`command`, :meth:`environment`, ``cwd``,
+    ``ready_path`` and ``name``.
+
     Args:
         port: the port to serve on (127.0.0.1 only).
         model_tag: the BentoML model tag (``EMBEDSERVE_MODEL``).
         env: extra environment variables (``EMBEDSERVE_*`` settings).
     """
+
+    name = "bentoml serve"
+    ready_path = "/readyz"
+    cwd: Path = REPO_ROOT
 
     def __init__(self, port: int, model_tag: str, env: dict[str, str] | None = None) -> None:
         self.port = port
@@ -118,7 +125,7 @@ class Server:
         self.log_path = Path(name)
 
     def start(self, timeout_s: float = 240.0) -> float:
-        """Start the server and wait until ``/readyz`` answers 200.
+        """Start the server and wait until ``GET ready_path`` answers 200.
 
         Returns:
             Seconds until ready.
@@ -126,10 +133,34 @@ class Server:
         Raises:
             RuntimeError: the server exited or was not ready in time (the message ends with its log).
         """
+        started = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.cwd,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        while time.perf_counter() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if is_ready(self.url, self.ready_path):
+                return time.perf_counter() - started
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def command(self) -> list[str]:
+        """The server's command line."""
         bentoml_exe = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml_exe)] if bentoml_exe.exists() else [sys.executable, "-m", "bentoml"]
-        command += ["serve", "service:Embeddings", "--host", "127.0.0.1", "--port", str(self.port)]
-        env = {
+        return [*command, "serve", "service:Embeddings", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this process's, the model tag, offline switches, then ``env``."""
+        return {
             **os.environ,
             "EMBEDSERVE_MODEL": self.model_tag,
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
@@ -138,19 +169,6 @@ class Server:
             "BENTOML_DO_NOT_TRACK": "true",
             **self.extra_env,
         }
-        started = time.perf_counter()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        while time.perf_counter() - started < timeout_s:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            if is_ready(self.url):
-                return time.perf_counter() - started
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"bentoml serve was not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
