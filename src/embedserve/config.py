@@ -22,8 +22,8 @@ EMBEDSERVE_INTRA_OP_THREADS            cores/wkrs   ONNX Runtime threads per inf
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
                                                     busy one (the HTTP loop shares the cores).
-EMBEDSERVE_TOKENIZER_THREADS           cpu 1/gpu 8  threads a large batch is tokenized on (the Rust tokenizer releases
-                                                    the GIL). One per worker on a CPU host, where cores are taken.
+EMBEDSERVE_TOKENIZER_THREADS           cpu 1/gpu 8  threads one batch is tokenized on (the Rust tokenizer's own pool,
+                                                    process-wide). 1 on a CPU host, where every core has a worker.
 EMBEDSERVE_MAX_BATCH_SIZE              cpu 32       texts per inference call. On a CPU larger batches are not faster
                                        gpu 256      past 32 and cost memory; a GPU needs large batches to be busy.
 EMBEDSERVE_MAX_BATCH_TOKENS            cpu 8192     padded tokens per inference call (batch x longest); bounds memory.
@@ -89,7 +89,7 @@ CPU_BATCH = BatchShape(max_batch_size=32, max_batch_tokens=8192, max_job_texts=3
 #: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.
 GPU_BATCH = BatchShape(max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, overhead_tokens=2048)
-#: Tokenizer threads on a GPU host (the Rust tokenizer releases the GIL; 8 keep up with an H200 on short texts).
+#: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
 

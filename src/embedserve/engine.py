@@ -9,7 +9,6 @@ current one). Both paths share :meth:`Engine.compute`, so the parity numbers des
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import platform
 import threading
@@ -28,15 +27,12 @@ from embedserve.errors import InputError
 from embedserve.pooling import truncate_dimensions
 from embedserve.scheduler import Pending, Scheduler, plan_batches
 from embedserve.session import ModelRunner, ProviderReport, open_model
-from embedserve.tokenization import DIRECTIONS, TextTokenizer, TokenBatch
+from embedserve.tokenization import DIRECTIONS, TextTokenizer, TokenBatch, use_tokenizer_threads
 
 log = logging.getLogger(__name__)
 
 #: Texts per step of a direct call: tokenizing the next step overlaps running this one.
 STEP_TEXTS = 1024
-#: A batch is split across tokenizer threads only in pieces of at least this many texts (a piece of 32 short texts
-#: is about 1 ms of Rust work, far above the cost of handing it to a thread).
-MIN_TOKENIZE_SPLIT = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,8 +130,10 @@ class Engine:
         gpu = prov.is_gpu(self.model.primary)
         self.shape = self.config.batch_shape(gpu=gpu)
         self.tokenizer_threads = self.config.tokenizer_pool_size(gpu=gpu)
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(self.tokenizer_threads, thread_name_prefix="embedserve-tok")
+        use_tokenizer_threads(self.tokenizer_threads)
+        # With threads to spare, a direct call tokenizes its next step on this thread while the model runs.
+        self._prefetch = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embedserve-prefetch")
             if self.tokenizer_threads > 1
             else None
         )
@@ -182,41 +180,29 @@ class Engine:
             ) from None
 
     def tokenize(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> TokenBatch:
-        """Tokenize ``texts`` (no padding), on the tokenizer threads when there are many.
+        """Tokenize ``texts`` (no padding), in one batch encoding (on ``tokenizer_threads`` Rust threads).
 
         Raises:
             InputTooLongError: ``options.truncate`` is False and a text is longer than max_seq_length.
             InputError: ``options.prompt_name`` is not one of the model's prompts.
         """
-        return self._tokenize_later(texts, options)()
+        tokens = self._encode_timed(texts, options.direction, self.prompt(options.prompt_name))
+        if not options.truncate:
+            tokens.require_untruncated(self.max_seq_length)
+        return tokens
 
     def _tokenize_later(self, texts: Sequence[str], options: EmbedOptions) -> Callable[[], TokenBatch]:
-        """Start tokenizing; the returned function waits for the result (and raises the tokenization's errors)."""
-        prompt = self.prompt(options.prompt_name)
-        pieces = min(self.tokenizer_threads, len(texts) // MIN_TOKENIZE_SPLIT)
-        futures = None
-        if self._pool is not None and pieces >= 2:
-            bounds = np.linspace(0, len(texts), pieces + 1).astype(int)
-            futures = [
-                self._pool.submit(self._encode_timed, texts[a:b], options.direction, prompt)
-                for a, b in itertools.pairwise(bounds.tolist())
-            ]
-
-        def join() -> TokenBatch:
-            if futures is None:
-                tokens = self._encode_timed(texts, options.direction, prompt)
-            else:
-                tokens = TokenBatch.concat([f.result() for f in futures])
-            if not options.truncate:
-                tokens.require_untruncated(self.max_seq_length)
-            return tokens
-
-        return join
+        """Start tokenizing on the prefetch thread (when there is one); the returned function waits for the result
+        and raises the tokenization's errors."""
+        if self._prefetch is None:
+            return lambda: self.tokenize(texts, options)
+        future = self._prefetch.submit(self.tokenize, texts, options)
+        return future.result
 
     def _encode_timed(self, texts: Sequence[str], direction: str, prompt: str | None) -> TokenBatch:
         started = time.perf_counter()
         tokens = self.tokenizer.encode(texts, direction=direction, prompt=prompt)
-        self.timings.tokenize_s += time.perf_counter() - started  # thread time: may exceed wall time with a pool
+        self.timings.tokenize_s += time.perf_counter() - started
         return tokens
 
     def compute(self, tokens: TokenBatch) -> np.ndarray:
@@ -421,8 +407,8 @@ class Engine:
     def close(self) -> None:
         if self._scheduler is not None:
             self._scheduler.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._prefetch is not None:
+            self._prefetch.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def versions() -> dict[str, str]:
