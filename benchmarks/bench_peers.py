@@ -15,9 +15,11 @@ embedserve / each peer, in ``benchmarks/results/bench_peers.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,51 @@ def measure(server: Server, route: str, bodies: list[bytes], size: int, args: ar
     }
 
 
+def _raw_worker(artifact: str, runtime: dict[str, Any], texts: list[str], job: int, seconds: float, core: int) -> int:
+    """One worker's engine, pinned to ``core``, embedding ``texts`` in calls of ``job`` for ``seconds``."""
+    os.sched_setaffinity(0, [core])
+    from embedserve import Engine, RuntimeConfig
+
+    config = RuntimeConfig(
+        artifact=runtime["artifact_role"],
+        providers=tuple(runtime["providers"]["active"]),
+        intra_op_threads=int(runtime["intra_op_threads"]),
+        tokenizer_threads=int(runtime["tokenizer_threads"]),
+        max_batch_size=int(runtime["max_batch_size"]),
+        max_batch_tokens=int(runtime["max_batch_tokens"]),
+    )
+    engine = Engine(artifact, config)
+    engine.warmup()
+    done, k = 0, 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        chunk = [texts[(k * job + i) % len(texts)] for i in range(job)]
+        engine.run(chunk)
+        done += job
+        k += 1
+    return round(done / (time.perf_counter() - started), 1)
+
+
+def raw_engine_loop(artifact: Path, info: dict[str, Any], texts: list[str], seconds: float) -> dict[str, Any]:
+    """The engine without HTTP in the service's own layout: one process per worker, each pinned to its own core
+    (the service's workers share the same cores), each embedding the same texts in calls of the scheduler's job
+    size. The sum is the model's rate in that layout: the ceiling the service is compared with."""
+    import concurrent.futures
+    import multiprocessing
+
+    workers, runtime = int(info["workers"]), info["runtime"]
+    job = int(info["scheduler"]["max_job_texts"])
+    cores = sorted(os.sched_getaffinity(0))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_raw_worker, str(artifact), runtime, texts, job, seconds, cores[w % len(cores)])
+            for w in range(workers)
+        ]
+        rates = [f.result() for f in futures]
+    return {"workers": workers, "job_texts": job, "per_worker": rates, "texts_per_s": round(sum(rates), 1)}
+
+
 def compare(cells: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:
     """embedserve / each peer, per request size: throughput (>1: embedserve faster) and latency (<1: faster)."""
     by_key = {(c["server"], c["texts_per_request"]): c for c in cells}
@@ -296,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"{name}: cosine {parities[name]['cosine_min']} < {args.parity_min}")
                 say(f"WARNING {failures[-1]}: not the same model or pooling; not measured")
                 continue
+            if name == "embedserve":
+                with urllib.request.urlopen(server.url + "/info", timeout=10) as response:
+                    info = json.loads(response.read())
+                server.stop()  # the raw loop runs alone, on the same cores, then the server again
+                raw = raw_engine_loop(artifact_dir, info, list(workload.texts), args.duration)
+                configs[name]["raw_engine_loop"] = raw
+                say(f"raw engine loop ({raw['workers']} x {info['runtime']['intra_op_threads']} thread): {raw}")
+                server.start(timeout_s=600)
             for size in sizes:
                 count = max(2 * args.connections, -(-len(workload.texts) // size))
                 bodies = [encode_body(texts, "openai", model) for texts in request_texts(workload, size, count)]
@@ -319,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     ratios = compare(cells, servers)
+    raw = configs.get("embedserve", {}).get("raw_engine_loop")
+    if raw:
+        ratios["embedserve/raw_engine_loop"] = {
+            str(c["texts_per_request"]): ratio(c["embeddings_per_s"], raw["texts_per_s"])
+            for c in cells
+            if c["server"] == "embedserve"
+        }
+        say(f"embedserve / raw engine loop: {ratios['embedserve/raw_engine_loop']}")
     for pair, per_size in ratios.items():
         for size, values in per_size.items():
             say(f"{pair} {size} text(s)/req: {values}")

@@ -73,7 +73,9 @@ def _add_export_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--name", help="BentoML model name (default: embedserve-<model>)")
     run.add_argument("--output", type=Path, help="artifact directory (default: build/artifacts/<name>)")
     run.add_argument("--optimization", default="O2", choices=OPTIMIZATION_LEVELS, help="graph optimization level")
-    run.add_argument("--gpu-precision", default="fp32", choices=GPU_PRECISIONS, help="GPU artifact: fp32 or fp16 (O4)")
+    run.add_argument(
+        "--gpu-precision", default="fp16", choices=GPU_PRECISIONS, help="GPU artifact: fp16 (O4, default) or fp32"
+    )
     run.add_argument("--quantization", default="auto", choices=QUANTIZATION_PRESETS, help="int8 preset")
     run.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (measured unusable on MiniLM)")
     run.add_argument("--no-register", action="store_true", help="do not save into the BentoML model store")

@@ -14,16 +14,17 @@ EMBEDSERVE_REQUIRE_GPU                 false        if true, start-up fails when
 EMBEDSERVE_ARTIFACT                    auto         auto: int8 graph on CPU, optimized fp32/fp16 graph on GPU;
                                                     ``cpu`` or ``gpu`` force one (``gpu`` on a CPU gives the best
                                                     parity, about 2x slower).
-EMBEDSERVE_WORKERS                     auto         server processes. auto: 1 on a GPU host (one session feeds the
-                                                    GPU), one per core on a CPU host (measured +42% over one process
-                                                    with two threads on 2 cores: small batches do not split well
-                                                    across threads).
+EMBEDSERVE_WORKERS                     auto         server processes. auto: 4 on a GPU host (each with its own
+                                                    session on the GPU: 2x the requests/s of one on an H200), one
+                                                    per core on a CPU host (measured +42% over one process with two
+                                                    threads on 2 cores: small batches do not split across threads).
 EMBEDSERVE_INTRA_OP_THREADS            cores/wkrs   ONNX Runtime threads per inference; workers x threads <= cores.
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
                                                     busy one (the HTTP loop shares the cores).
-EMBEDSERVE_TOKENIZER_THREADS           cpu 1/gpu 8  threads one batch is tokenized on (the Rust tokenizer's own pool,
-                                                    process-wide). 1 on a CPU host, where every core has a worker.
+EMBEDSERVE_TOKENIZER_THREADS           auto         threads one batch is tokenized on (the Rust tokenizer's own pool,
+                                                    process-wide). auto: 1 on a CPU session (every core has a
+                                                    worker), the worker's share of cores (<= 8) on a GPU session.
 EMBEDSERVE_MAX_BATCH_SIZE              cpu 32       texts per inference call. On a CPU larger batches are not faster
                                        gpu 256      past 32 and cost memory; a GPU needs large batches to be busy.
 EMBEDSERVE_MAX_BATCH_TOKENS            cpu 8192     padded tokens per inference call (batch x longest); bounds memory.
@@ -89,6 +90,10 @@ CPU_BATCH = BatchShape(max_batch_size=32, max_batch_tokens=8192, max_job_texts=3
 #: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.
 GPU_BATCH = BatchShape(max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, overhead_tokens=2048)
+#: Workers on a GPU host: each has its own session on the same GPU and its own event loop and tokenizer. Measured on
+#: an H200 with 16 cores (benchmarks/results/bench_gpu.json): 4 workers served 1,594 one-text requests/s and 30,908
+#: embeddings/s at 16 texts per request, 1 worker 796 and 8,612 (the HTTP edge and tokenizer of one process limit).
+GPU_WORKERS = 4
 #: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
@@ -149,9 +154,11 @@ class RuntimeConfig:
         )
 
     def tokenizer_pool_size(self, *, gpu: bool) -> int:
+        """Tokenizer threads: as configured, else 1 on a CPU session and this worker's share of the cores (at most
+        :data:`GPU_TOKENIZER_THREADS`) on a GPU session."""
         if self.tokenizer_threads is not None:
             return self.tokenizer_threads
-        return max(1, min(GPU_TOKENIZER_THREADS, available_cores() - 1)) if gpu else 1
+        return max(1, min(GPU_TOKENIZER_THREADS, self.intra_op_threads)) if gpu else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +240,7 @@ def resolve_workers(environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     text = env.get(PREFIX + "WORKERS", "auto").strip().lower()
     if text == "auto":
-        return 1 if gpu_present() else available_cores()
+        return min(GPU_WORKERS, available_cores()) if gpu_present() else available_cores()
     try:
         workers = int(text)
     except ValueError:

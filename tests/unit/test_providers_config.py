@@ -87,7 +87,8 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     assert cpu_host.workers == 16 and cpu_host.runtime.intra_op_threads == 1  # one worker per core
     monkeypatch.setattr(config, "gpu_present", lambda: True)
     gpu_host = Settings.from_env({})
-    assert gpu_host.workers == 1 and gpu_host.runtime.intra_op_threads == 16
+    assert gpu_host.workers == config.GPU_WORKERS and gpu_host.runtime.intra_op_threads == 16 // config.GPU_WORKERS
+    assert gpu_host.runtime.tokenizer_pool_size(gpu=True) == 16 // config.GPU_WORKERS
     assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4
     runtime = RuntimeConfig(max_batch_size=64)
     assert runtime.batch_shape(gpu=False) == config.BatchShape(
@@ -95,7 +96,7 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     )
     assert runtime.batch_shape(gpu=True).max_batch_tokens == config.GPU_BATCH.max_batch_tokens
     assert RuntimeConfig().tokenizer_pool_size(gpu=False) == 1
-    assert RuntimeConfig().tokenizer_pool_size(gpu=True) == config.GPU_TOKENIZER_THREADS
+    assert RuntimeConfig(intra_op_threads=16).tokenizer_pool_size(gpu=True) == config.GPU_TOKENIZER_THREADS
 
 
 def test_defaults_are_explicit():
