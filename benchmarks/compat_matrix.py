@@ -24,6 +24,7 @@ from benchmarks.common import DEFAULT_ARTIFACT, REPO_ROOT, RESULTS_DIR
 DEFAULT_DOC = REPO_ROOT / "docs" / "compatibility.md"
 TORCH = "sentence-transformers-torch"
 NO_GPU = "not measured (no GPU on the benchmark machine)"
+GPU_ELSEWHERE = "measured by bench_gpu: see the GPU section below"
 NOT_YET = "not measured yet (run `make bench`)"
 LATENCY_LENGTH = "short"
 
@@ -201,7 +202,10 @@ def artifact_label(manifest: dict[str, Any], role: str | None) -> str:
 
 
 def matrix_rows(
-    manifest: dict[str, Any], embedder_runs: Sequence[dict[str, Any]], machine_ids: dict[str, str]
+    manifest: dict[str, Any],
+    embedder_runs: Sequence[dict[str, Any]],
+    machine_ids: dict[str, str],
+    gpu_measured: bool = False,
 ) -> list[list[str]]:
     """Table rows: every row spec against every embedder run that measured it (or one "not measured" row)."""
     model = (manifest.get("source") or {}).get("model") or manifest.get("name", "?")
@@ -215,7 +219,11 @@ def matrix_rows(
         ]
         base = [model, spec.provider, artifact_label(manifest, spec.role)]
         if not runs:
-            note = NO_GPU if spec.gpu else NOT_YET
+            note = (
+                (GPU_ELSEWHERE if gpu_measured and spec.provider == "CUDAExecutionProvider" else NO_GPU)
+                if spec.gpu
+                else NOT_YET
+            )
             parity = "not measured" if spec.gpu else parity_for(spec, manifest, None)
             rows.append([*base, note, "–", "–", "–", "–", parity, "–"])
             continue
@@ -310,6 +318,86 @@ def http_section(runs: Sequence[dict[str, Any]], machine_ids: dict[str, str]) ->
     return lines
 
 
+GPU_ENGINE_LABELS = {
+    "engine-fp16": "embedserve engine, fp16 graph (default), CUDA",
+    "engine-fp32": "embedserve engine, fp32 graph, CUDA",
+    "engine-fp32-no-iobinding": "embedserve engine, fp32 graph, CUDA, no I/O binding",
+    "engine-fp16-default-attention": "embedserve engine, fp16 graph, CUDA default attention kernel",
+    "st-fp16": "sentence-transformers fp16 (torch, CUDA)",
+    "st-fp32": "sentence-transformers fp32 (torch, CUDA)",
+}
+
+
+def gpu_section(runs: Sequence[dict[str, Any]], machine_ids: dict[str, str]) -> list[str]:
+    """Tables from ``bench_gpu`` runs (GPU machines only): texts/s per cell, raw session, parity, HTTP."""
+    lines: list[str] = []
+    for run in runs:
+        gpu = (run["machine"].get("gpu") or [{}])[0]
+        if not gpu:
+            continue
+        results, versions = run["results"], run.get("versions", {})
+        cells = results.get("cells", {})
+        names = list(cells)
+        lines += [
+            f"## GPU: {gpu.get('name', '?')} (`{run['_file']}`, {run.get('created_at', '?')}, machine "
+            f"{machine_ids[machine_key(run['machine'])]})",
+            "",
+            f"Driver {gpu.get('driver', '?')}, onnxruntime-gpu {versions.get('onnxruntime-gpu')}, torch "
+            f"{versions.get('torch')}, sentence-transformers {versions.get('sentence-transformers')}, "
+            f"{run['machine'].get('cores')} CPU cores. Texts/s of calls of B texts (B = 1, 32, 256) on short "
+            f"(~{run['settings'].get('workload_mean_tokens', {}).get('short', '?')} tokens), long and mixed "
+            "texts, each engine in turn on the same texts in the same run.",
+            "",
+        ]
+        engines = list(dict.fromkeys(name for row in cells.values() for name in row))
+        rows = [
+            [GPU_ENGINE_LABELS.get(e, e), *(_rate((cells[c].get(e) or {}).get("texts_per_s")) for c in names)]
+            for e in engines
+        ]
+        lines += _table(["engine", *names], rows)
+        raw = results.get("raw_session", {})
+        if raw:
+            lines += ["", "Raw `InferenceSession.run` (ms per call, output copied to the host):", ""]
+            shapes = list(next(iter(raw.values()))["cells"])
+            lines += _table(
+                ["graph", *shapes], [[p, *(_ms(r["cells"][k]["ms"]) for k in shapes)] for p, r in raw.items()]
+            )
+        stream = results.get("stream_short", {})
+        if stream:
+            lines += [
+                "",
+                "A stream of short texts in one call (the engine tokenizes the next 1,024 while the GPU runs the "
+                "current ones): "
+                + ", ".join(f"{GPU_ENGINE_LABELS.get(k, k)} {_rate(v['texts_per_s'])}/s" for k, v in stream.items())
+                + ".",
+            ]
+        parity = results.get("parity_vs_st_fp32", {})
+        if parity:
+            lines += [
+                "",
+                "Parity on the GPU against sentence-transformers fp32 (probe corpus queries and documents): "
+                + ", ".join(f"{k} cosine min {v['cosine_min']}" for k, v in parity.items())
+                + ".",
+            ]
+        for key in ("http", "http_workers4"):
+            http = results.get(key)
+            if not http:
+                continue
+            workers = (http.get("info_runtime") or {}) and ("4 workers" if key.endswith("4") else "1 worker")
+            parts = [
+                f"{c['texts_per_request']} text(s)/request: {_rate(c['requests_per_s'])} req/s, "
+                f"{_rate(c['embeddings_per_s'])} embeddings/s, p50 {_ms(c['latency']['p50_ms'])} ms, "
+                f"{c['errors']} errors"
+                for name, c in http.items()
+                if isinstance(c, dict) and "requests_per_s" in c
+            ]
+            lines += ["", f"HTTP (`bentoml serve`, {workers}, 64 clients): " + "; ".join(parts) + "."]
+        if results.get("notes"):
+            lines += ["", *[f"* note: {n}" for n in results["notes"]]]
+        lines.append("")
+    return lines
+
+
 def machines_section(runs: Sequence[dict[str, Any]], machine_ids: dict[str, str]) -> list[str]:
     """Hardware profiles and software versions of the runs."""
     lines = ["## Machines and versions", ""]
@@ -351,6 +439,7 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
         machine_ids.setdefault(machine_key(run["machine"]), f"M{len(machine_ids) + 1}")
     embedder_runs = [r for r in runs if r.get("name") == "bench_embedder"]
     http_runs = [r for r in runs if r.get("name") == "bench_http"]
+    gpu_runs = [r for r in runs if r.get("name") == "bench_gpu"]
     parity = manifest.get("parity") or {}
     corpus = parity.get("corpus") or {}
     lines = [
@@ -391,7 +480,7 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
         "parity: cos min / mean / top-10 (min)",
         "machine",
     ]
-    lines += _table(header, matrix_rows(manifest, embedder_runs, machine_ids))
+    lines += _table(header, matrix_rows(manifest, embedder_runs, machine_ids, gpu_measured=bool(gpu_runs)))
     lines.append("")
     lines += gate_section(manifest)
     for run in embedder_runs:
@@ -409,6 +498,7 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
     if embedder_runs:
         lines.append("")
     lines += http_section(http_runs, machine_ids)
+    lines += gpu_section(gpu_runs, machine_ids)
     lines += machines_section(runs, machine_ids)
     if skipped:
         lines += ["Results files not used:", "", *[f"* {s}" for s in skipped], ""]
@@ -423,9 +513,8 @@ def render(manifest: dict[str, Any], runs: Sequence[dict[str, Any]], skipped: Se
         "PYTHONPATH=. .venv/bin/python -m benchmarks.bench_http --start      # ~3 min; or --url http://host:3000",
         "PYTHONPATH=. .venv/bin/python -m benchmarks.compat_matrix           # writes docs/compatibility.md",
         "",
-        "# GPU rows: on a machine where nvidia-smi lists a GPU, bench_embedder adds cuda-fp32, cuda-int8 and",
-        "# tensorrt-fp32; keep its results under another name next to the CPU ones, then regenerate this page:",
-        "PYTHONPATH=. .venv/bin/python -m benchmarks.bench_embedder --out benchmarks/results/bench_embedder_gpu.json",
+        "# GPU section: bench_gpu in one go on a GPU host (benchmarks/gpu/prepare.sh here, benchmarks/gpu/run.sh",
+        "# there; see benchmarks/README.md), its JSON copied to benchmarks/results/, then regenerate this page.",
         "```",
         "",
         "See `benchmarks/README.md` for what each script measures and how to read the results.",

@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from embedserve.pooling import POOLING_MODES
-from embedserve.session import POOLED_OUTPUT  # the name the library looks for: defined once, there
+from embedserve.session import POOLED_METADATA_KEY, POOLED_OUTPUT  # what the library looks for: defined there
 
 #: Hidden-state outputs looked for, in this order, when none is named.
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
@@ -40,8 +40,9 @@ HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 MASK_INPUT = "attention_mask"
 #: Every node, initializer and intermediate value added here starts with this.
 PREFIX = "embedserve_pool_"
-#: ``metadata_props`` key recording what was added (JSON: output, hidden output, pooling modes, padding side).
-METADATA_KEY = "embedserve.pooled_output"
+#: ``metadata_props`` key recording what was added (JSON: output, hidden output, pooling modes, padding side); the
+#: library reads it to check that the graph pools as the manifest says.
+METADATA_KEY = POOLED_METADATA_KEY
 #: Above this serialized size the graph is saved with its weights in one external data file.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 #: Lowest default-domain opset handled (Squeeze/Unsqueeze/ReduceSum take their axes as inputs from 13 on).

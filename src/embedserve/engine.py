@@ -433,6 +433,7 @@ class Engine:
             "graph_file": graph.file,
             "precision": graph.precision,
             "pooling_in_graph": self.model.pooled_output is not None,
+            "pooling_in_graph_refused": self.model.pooling_mismatch,
             "io_binding": self.model.io_binding,
             "providers": self.providers.as_dict(),
             "intra_op_threads": self.config.intra_op_threads,

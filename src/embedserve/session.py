@@ -214,6 +214,8 @@ _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 #: The graph output the export stage adds: pooled vectors (before Dense and Normalize), ``(batch, dimension)``.
 POOLED_OUTPUT = "pooled_embedding"
+#: The graph's metadata entry that records how the export stage pooled (JSON with ``pooling`` and ``padding_side``).
+POOLED_METADATA_KEY = "embedserve.pooled_output"
 
 
 class ModelRunner:
@@ -231,7 +233,14 @@ class ModelRunner:
     """
 
     def __init__(
-        self, session: ort.InferenceSession, providers: ProviderReport, *, role: str, precision: str, io_binding: bool
+        self,
+        session: ort.InferenceSession,
+        providers: ProviderReport,
+        *,
+        role: str,
+        precision: str,
+        io_binding: bool,
+        pooling: Sequence[str] = (),
     ) -> None:
         self.session = session
         self.providers = providers
@@ -244,6 +253,12 @@ class ModelRunner:
         outputs = [o.name for o in session.get_outputs()]
         self.hidden_output = next((n for n in _HIDDEN_OUTPUTS if n in outputs), outputs[0])
         self.pooled_output = POOLED_OUTPUT if POOLED_OUTPUT in outputs else None
+        self.pooling_mismatch: str | None = None
+        if self.pooled_output is not None:
+            self.pooling_mismatch = _pooling_mismatch(session, pooling)
+            if self.pooling_mismatch:  # the manifest is the truth: pool in numpy as it says
+                log.warning("not using the %s graph's pooled output: %s", role, self.pooling_mismatch)
+                self.pooled_output = None
         self.io_binding = io_binding
         self._binding = session.io_binding() if io_binding else None
 
@@ -265,6 +280,22 @@ class ModelRunner:
         binding.bind_output(output, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+
+def _pooling_mismatch(session: ort.InferenceSession, pooling: Sequence[str]) -> str | None:
+    """Why the graph's pooled output does not follow the manifest's pooling (``None`` when it does)."""
+    import json
+
+    recorded = session.get_modelmeta().custom_metadata_map.get(POOLED_METADATA_KEY)
+    if recorded is None:
+        return f"the graph does not record how it pools ({POOLED_METADATA_KEY} is missing)"
+    try:
+        modes = tuple(json.loads(recorded)["pooling"])
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {POOLED_METADATA_KEY}: {recorded[:200]!r}"
+    if modes != tuple(pooling):
+        return f"the graph pools {list(modes)} but the manifest says {list(pooling)}"
+    return None
 
 
 def _cuda_options(config: RuntimeConfig, precision: str) -> dict[str, Any]:
@@ -340,7 +371,14 @@ def open_model(artifact: Artifact, config: RuntimeConfig) -> ModelRunner:
             dropped=report.dropped,
         )
     io_binding = prov.is_gpu(report.primary) if config.io_binding is None else config.io_binding
-    return ModelRunner(session, report, role=role, precision=artifact.graph(role).precision, io_binding=io_binding)
+    return ModelRunner(
+        session,
+        report,
+        role=role,
+        precision=artifact.graph(role).precision,
+        io_binding=io_binding,
+        pooling=artifact.head.pooling,
+    )
 
 
 def _session_for(

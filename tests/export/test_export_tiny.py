@@ -82,7 +82,7 @@ def exported(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(request.param)
     source = build_tiny_model(work / "source", seed=len(request.param), **VARIANTS[request.param])
     name = f"tiny-{request.param}"
-    result = export_model(ExportConfig(model=str(source), name=name, output=work / "artifact"))
+    result = export_model(ExportConfig(model=str(source), name=name, output=work / "artifact", gpu_precision="fp32"))
     return request.param, source, result
 
 
@@ -157,8 +157,11 @@ def test_recheck_passes_then_catches_a_tampered_head(exported, tmp_path):
     manifest["model"]["pooling"] = ["cls"]  # what an exporter bug misreading 1_Pooling/config.json would do
     (tampered / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ParityError) as info:
-        recheck(tampered)
+        recheck(tampered)  # the graph's own (mean) pooled output is refused: it disagrees with the manifest
     assert info.value.metric.startswith(("cosine", "max_abs", "top10", "spearman"))
+    engine = Engine(tampered, RuntimeConfig(artifact="cpu", providers=("CPUExecutionProvider",)))
+    assert engine.describe()["pooling_in_graph"] is False
+    assert "the graph pools ['mean'] but the manifest says ['cls']" in engine.describe()["pooling_in_graph_refused"]
 
 
 def test_parity_failure_registers_nothing(tmp_path, bentoml_home):
@@ -168,7 +171,11 @@ def test_parity_failure_registers_nothing(tmp_path, bentoml_home):
     output = tmp_path / "artifact"
     impossible = ParityThresholds().with_override("int8.cosine_min=1.0000001")
     with pytest.raises(ParityError) as info:
-        export_model(ExportConfig(model=str(source), name="tiny-must-fail", output=output, thresholds=impossible))
+        export_model(
+            ExportConfig(
+                model=str(source), name="tiny-must-fail", output=output, thresholds=impossible, gpu_precision="fp32"
+            )
+        )
     err = info.value
     assert err.metric == "cosine_min" and err.threshold == 1.0000001 and err.value < 1.0
     assert err.text  # names the worst text
@@ -193,7 +200,9 @@ def test_exporter_bug_is_caught_by_the_gate(tmp_path, monkeypatch):
     monkeypatch.setattr(source_step, "describe_pipeline", misread)
     model_dir = build_tiny_model(tmp_path / "source", seed=3, pooling="mean")
     with pytest.raises(ParityError) as info:
-        export_model(ExportConfig(model=str(model_dir), name="tiny-misread", output=tmp_path / "artifact"))
+        export_model(
+            ExportConfig(model=str(model_dir), name="tiny-misread", output=tmp_path / "artifact", gpu_precision="fp32")
+        )
     assert "gpu (fp32)" in str(info.value)  # even the fp32 graph fails: the head is wrong, not the precision
     assert not (tmp_path / "artifact").exists()
 
@@ -225,6 +234,8 @@ def test_cli_exit_codes(tmp_path):
         "tiny-cli",
         "--output",
         str(tmp_path / "a"),
+        "--gpu-precision",
+        "fp32",
         "--threshold",
         "fp32.cosine_min=1.1",
     )
@@ -232,7 +243,9 @@ def test_cli_exit_codes(tmp_path):
     assert (
         "cosine_min" in failed.stderr and "threshold 1.1" in failed.stderr and "nothing was registered" in failed.stderr
     )
-    ok = _cli("--model", str(model_dir), "--name", "tiny-cli", "--output", str(tmp_path / "a"))
+    ok = _cli(
+        "--model", str(model_dir), "--name", "tiny-cli", "--output", str(tmp_path / "a"), "--gpu-precision", "fp32"
+    )
     assert ok.returncode == 0, ok.stderr
     assert "bentoml model: tiny-cli:" in ok.stdout and "Export finished in" in ok.stdout
     assert "cpu int8" in ok.stdout  # the parity table
