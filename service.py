@@ -90,12 +90,22 @@ class _Metrics:
         )
         self.texts = prom.Counter("embedserve_texts", "Texts embedded", ["route", "provider"])
         self.tokens = prom.Counter("embedserve_tokens", "Tokens embedded (after truncation)", ["route", "provider"])
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
 
     def observe(self, route: str, status: int, seconds: float, texts: int = 0, tokens: int = 0) -> None:
-        self.latency.labels(route, self.provider, str(status)).observe(seconds)
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the observation; routes and statuses are few
+            children = self._children[key] = (
+                self.latency.labels(route, self.provider, str(status)),
+                self.texts.labels(route, self.provider),
+                self.tokens.labels(route, self.provider),
+            )
+        latency, text_count, token_count = children
+        latency.observe(seconds)
         if texts:
-            self.texts.labels(route, self.provider).inc(texts)
-            self.tokens.labels(route, self.provider).inc(tokens)
+            text_count.inc(texts)
+            token_count.inc(tokens)
 
 
 async def openai_embeddings(request: Request) -> Response:

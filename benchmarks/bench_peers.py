@@ -164,7 +164,10 @@ def measure(server: Server, route: str, bodies: list[bytes], size: int, args: ar
         others = ForeignLoad(known)
         server_cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
         others.start()
+        spread = ConnectionSpread(server.port)
+        spread.start(delay_s=min(2.0, args.duration / 4))
         cell = run_wrk(server.url, route, bodies, duration_s=args.duration, **load)
+        cell["connections_per_process"] = spread.result()
         cell["other_processes_cores"] = others.stop()
         server_cpu1, wall = server.cpu_seconds(), time.perf_counter() - wall0
         checks[f"after_run_{attempt}"] = check_embeddings(
@@ -192,6 +195,48 @@ def measure(server: Server, route: str, bodies: list[bytes], size: int, args: ar
         "checks": checks,
         "checks_ok": all(c["ok"] == c["checked"] for c in checks.values()),
     }
+
+
+class ConnectionSpread:
+    """How the load tool's connections were spread over the server's processes, read once from ``ss`` during the
+    run: with several workers sharing one listening socket, one worker can accept most of a burst of connections,
+    and a keep-alive client then loads it alone (the rate follows the split)."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self._counts: dict[str, int] | None = None
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._delay = 0.0
+
+    def start(self, delay_s: float) -> None:
+        self._delay = delay_s
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import re
+        import subprocess as sp
+
+        time.sleep(self._delay)
+        try:
+            out = sp.run(
+                ["ss", "-tnpH", "state", "established", f"( sport = :{self.port} )"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+        except (OSError, sp.SubprocessError):
+            return
+        counts: dict[str, int] = {}
+        for pid in re.findall(r"pid=(\d+)", out):
+            counts[pid] = counts.get(pid, 0) + 1
+        self._counts = dict(sorted(counts.items()))
+
+    def result(self) -> list[int] | None:
+        """Connections per server process, largest first (``None`` if ``ss`` could not tell)."""
+        self._thread.join(timeout=15)
+        return sorted(self._counts.values(), reverse=True) if self._counts else None
 
 
 def _raw_worker(artifact: str, runtime: dict[str, Any], texts: list[str], job: int, seconds: float, core: int) -> int:
@@ -363,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{cell['embeddings_per_s']:8.1f} emb/s  p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} ms  "
                     f"errors {cell['errors']['total']} {cell['status_codes']}  checks {cell['checks_ok']}  "
                     f"wrk cpu {cell['client_cpu_share_of_one_core']} core  server {cell['server_cpu_cores_busy']} "
-                    f"cores  others {cell['other_processes_cores']} cores"
+                    f"cores  others {cell['other_processes_cores']} cores  "
+                    f"connections per process {cell.get('connections_per_process')}"
                 )
                 if not cell["checks_ok"]:
                     failures.append(f"{name} {size}/req: a correctness check failed")

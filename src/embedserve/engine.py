@@ -319,6 +319,7 @@ class Engine:
                         max_queue_texts=self.config.max_queue_texts,
                         max_job_texts=self.shape.max_job_texts,
                         max_wait_s=self.config.batch_wait_ms / 1000.0,
+                        pipelined=self.tokenizer_threads > 1,
                     )
         return self._scheduler
 

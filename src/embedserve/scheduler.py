@@ -227,6 +227,9 @@ class Scheduler:
         max_queue_texts: texts allowed to wait; past it :meth:`submit` raises :class:`OverloadedError` at once.
         max_job_texts: texts handed to ``infer`` at once (a request is never split).
         max_wait_s: how long the inference stage waits for more requests when it has less than a job (0 = none).
+        pipelined: tokenize on a stage of its own, overlapping inference (a GPU host); otherwise the inference
+            thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
+            for the hand-over).
     """
 
     def __init__(
@@ -237,6 +240,7 @@ class Scheduler:
         max_queue_texts: int,
         max_job_texts: int,
         max_wait_s: float = 0.0,
+        pipelined: bool = True,
     ) -> None:
         self._tokenize = tokenize
         self._infer = infer
@@ -246,10 +250,12 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._queued = 0
         self._lock = threading.Lock()
-        self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step)
+        self.pipelined = pipelined
         self._inference = _Stage("embedserve-infer", self._infer_step)
-        self._tokenizer.thread.start()
+        self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step) if pipelined else self._inference
         self._inference.thread.start()
+        if pipelined:
+            self._tokenizer.thread.start()
 
     @property
     def queued_texts(self) -> int:
@@ -306,8 +312,14 @@ class Scheduler:
             if not stage.wait():
                 return
             batch = self._take_live(stage, None)
+        ready = self._tokenized(batch)
+        if ready:
+            self._inference.put_many(ready)
+
+    def _tokenized(self, batch: list[Pending]) -> list[Pending]:
+        """Tokenize ``batch``; the requests that tokenized (the others were failed, and their texts released)."""
         if not batch:
-            return
+            return batch
         self._tokenize(batch)
         now = time.perf_counter()
         ready = []
@@ -317,8 +329,7 @@ class Scheduler:
                 self._release(len(pending.texts))
             else:
                 ready.append(pending)
-        if ready:
-            self._inference.put_many(ready)
+        return ready
 
     def _infer_step(self) -> None:
         stage = self._inference
@@ -328,6 +339,8 @@ class Scheduler:
             if self.max_wait_s > 0 and sum(len(p.texts) for p in stage.items) < self.max_job_texts:
                 stage.ready.wait(self.max_wait_s)
             job = self._take_live(stage, self.max_job_texts)
+        if not self.pipelined:
+            job = self._tokenized(job)
         if not job:
             return
         started = time.perf_counter()

@@ -122,9 +122,10 @@ class FakeModel:
         return Scheduler(self.tokenize, self.infer, **kwargs)
 
 
-def test_concurrent_requests_get_their_own_rows_in_order():
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_concurrent_requests_get_their_own_rows_in_order(pipelined):
     model = FakeModel(delay=0.01)
-    scheduler = model.scheduler()
+    scheduler = model.scheduler(pipelined=pipelined)
 
     async def main():
         requests = [[str(k * 100 + j) for j in range((k % 5) + 1)] for k in range(64)]
@@ -156,9 +157,10 @@ def test_failed_job_fails_every_waiter_with_the_cause():
     scheduler.close()
 
 
-def test_a_tokenization_error_fails_only_its_request():
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_tokenization_error_fails_only_its_request(pipelined):
     model = FakeModel(refuse="13")
-    scheduler = model.scheduler()
+    scheduler = model.scheduler(pipelined=pipelined)
 
     async def main():
         return await asyncio.gather(
