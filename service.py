@@ -1,6 +1,6 @@
 """The HTTP edge: a thin ``@bentoml.service`` around :class:`embedserve.Engine`.
 
-Routes (one Starlette app mounted into the BentoML service, so that request bodies, limits and error shapes are
+Routes (one ASGI app mounted into the BentoML service, so that request bodies, limits and error shapes are
 ours): ``POST /v1/embeddings`` (OpenAI), ``POST /embed`` and ``POST /`` (Hugging Face TEI), ``GET /info``,
 ``GET /v1/models``; BentoML adds ``/livez``, ``/readyz`` and ``/metrics``.
 
@@ -16,15 +16,14 @@ import logging
 import os
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import anyio
 import bentoml
-from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+import orjson
+from starlette.types import Receive, Scope, Send
 
 try:
     import embedserve  # noqa: F401  (installed in the dev venv with `pip install -e .`)
@@ -54,25 +53,32 @@ TRACING = os.environ.get("EMBEDSERVE_TRACING", "false").strip().lower() in ("1",
 HOT_ROUTES = "/v1/embeddings,/embed,/info,/v1/models,/metrics"
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing bodies above ``max_bytes`` before reading them whole."""
-    declared = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client disconnected before its request body was read."""
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The request body, refusing bodies above ``max_bytes`` (by Content-Length first, then as it arrives)."""
     too_large = PayloadTooLargeError(
         f"the request body is larger than max_body_bytes={max_bytes}",
         limit_name="max_body_bytes",
         limit=max_bytes,
     )
-    if declared is not None and declared.isdigit():
-        if int(declared) > max_bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
             raise too_large
-        return await request.body()
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _Metrics:
@@ -108,49 +114,71 @@ class _Metrics:
             token_count.inc(tokens)
 
 
-async def openai_embeddings(request: Request) -> Response:
-    return await bentoml.get_current_service().handle(request, "/v1/embeddings", OPENAI)
+Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+JSON_TYPE = (b"content-type", b"application/json")
 
 
-async def tei_embed(request: Request) -> Response:
-    return await bentoml.get_current_service().handle(request, request.url.path, TEI)
-
-
-async def metrics(request: Request) -> Response:
+def metrics_exposition() -> bytes:
     """Prometheus exposition of every worker's series (the multiprocess directory BentoML sets up)."""
     import prometheus_client as prom
     from prometheus_client import multiprocess
 
-    def collect() -> bytes:
-        registry = prom.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return prom.generate_latest(registry)
-
-    body = await anyio.to_thread.run_sync(collect)
-    return Response(body, media_type=prom.CONTENT_TYPE_LATEST)
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return prom.generate_latest(registry)
 
 
-async def info(request: Request) -> Response:
-    return JSONResponse(bentoml.get_current_service().info())
+class HttpEdge:
+    """The ASGI app BentoML mounts: a method-and-path table, no framework on the hot path (Starlette's request,
+    response and routing objects were a measurable share of a one-text request's CPU)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], Any] = {
+            ("POST", "/v1/embeddings"): self.embed_openai,
+            ("POST", "/embed"): self.embed_tei,
+            ("POST", "/"): self.embed_tei,
+            ("GET", "/info"): self.info,
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/metrics"): self.metrics,
+        }
+        self.paths = {path for _, path in self.routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        handler = self.routes.get((scope["method"], scope["path"]))
+        if handler is None:
+            status = 405 if scope["path"] in self.paths else 404
+            reply: Reply = (status, orjson.dumps({"detail": HTTPStatus(status).phrase}), [JSON_TYPE])
+        else:
+            reply = await handler(scope, receive)
+        status, body, headers = reply
+        headers.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def embed_openai(self, scope: Scope, receive: Receive) -> Reply:
+        return await bentoml.get_current_service().handle(scope, receive, "/v1/embeddings", OPENAI)
+
+    async def embed_tei(self, scope: Scope, receive: Receive) -> Reply:
+        return await bentoml.get_current_service().handle(scope, receive, scope["path"], TEI)
+
+    async def info(self, scope: Scope, receive: Receive) -> Reply:
+        return 200, orjson.dumps(bentoml.get_current_service().info()), [JSON_TYPE]
+
+    async def models(self, scope: Scope, receive: Receive) -> Reply:
+        model_id = bentoml.get_current_service().model_id
+        payload = {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "embedserve"}]}
+        return 200, orjson.dumps(payload), [JSON_TYPE]
+
+    async def metrics(self, scope: Scope, receive: Receive) -> Reply:
+        import prometheus_client as prom
+
+        body = await anyio.to_thread.run_sync(metrics_exposition)
+        return 200, body, [(b"content-type", prom.CONTENT_TYPE_LATEST.encode())]
 
 
-async def models(request: Request) -> Response:
-    service = bentoml.get_current_service()
-    return JSONResponse(
-        {"object": "list", "data": [{"id": service.model_id, "object": "model", "owned_by": "embedserve"}]}
-    )
-
-
-http_app = Starlette(
-    routes=[
-        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/embed", tei_embed, methods=["POST"]),
-        Route("/", tei_embed, methods=["POST"]),
-        Route("/info", info, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
-)
+http_app = HttpEdge()
 
 
 @bentoml.service(
@@ -185,41 +213,44 @@ class Embeddings:
         self.engine = Engine(stored.path, self.settings.runtime)
         self.model_id = str(self.engine.artifact.source.get("model") or self.engine.artifact.name)
         self.provider = short_name(self.engine.providers.primary)
+        self.provider_header = self.provider.encode()
         self.metrics = _Metrics(self.provider)
         self.warmup_s = self.engine.warmup()
         log.info("model %s ready on %s after a %.1fs warm-up", self.tag, self.engine.providers.primary, self.warmup_s)
 
-    async def handle(self, request: Request, route: str, wire: WireFormat) -> Response:
+    async def handle(self, scope: Scope, receive: Receive, route: str, wire: WireFormat) -> Reply:
         """The one request path: parse -> engine -> respond, errors in the wire format's shape."""
         started = time.perf_counter()
         status, texts, tokens = 500, 0, 0
         try:
-            body = loads(await read_body(request, self.settings.limits.max_body_bytes))
+            body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
             req = wire.parse(body, self.settings.limits, self.engine.dimension)
             result = await self.engine.submit(req.texts, req.options)
             texts, tokens, status = len(req.texts), result.tokens, 200
-            headers = {
-                "x-embedserve-provider": self.provider,
-                "x-embedserve-tokenize-ms": f"{result.tokenize_s * 1000:.2f}",
-                "x-embedserve-queue-ms": f"{result.queue_s * 1000:.2f}",
-                "x-embedserve-inference-ms": f"{result.inference_s * 1000:.2f}",
-                "x-embedserve-batch-texts": str(result.batch_texts),
-            }
-            payload = dumps(wire.respond(req, result, self.model_id))
-            return Response(payload, media_type="application/json", headers=headers)
+            headers = [
+                JSON_TYPE,
+                (b"x-embedserve-provider", self.provider_header),
+                (b"x-embedserve-tokenize-ms", b"%.2f" % (result.tokenize_s * 1000)),
+                (b"x-embedserve-queue-ms", b"%.2f" % (result.queue_s * 1000)),
+                (b"x-embedserve-inference-ms", b"%.2f" % (result.inference_s * 1000)),
+                (b"x-embedserve-batch-texts", b"%d" % result.batch_texts),
+            ]
+            return 200, dumps(wire.respond(req, result, self.model_id)), headers
         except EmbedServeError as exc:
             status = status_for(exc)
             if status >= 500:
                 log.exception("request failed")
-            headers = {"retry-after": str(int(max(1, exc.retry_after_s)))} if isinstance(exc, OverloadedError) else {}
-            return JSONResponse(wire.error_body(exc), status_code=status, headers=headers)
-        except ClientDisconnect:
+            headers = [JSON_TYPE]
+            if isinstance(exc, OverloadedError):
+                headers.append((b"retry-after", b"%d" % int(max(1, exc.retry_after_s))))
+            return status, dumps(wire.error_body(exc)), headers
+        except ClientGone:
             status = 499
-            return Response(status_code=status)
+            return status, b"", []
         except Exception as exc:  # a server fault: log it, answer 500 in the protocol's shape
             log.exception("request failed")
             fault = EmbedServeError(f"internal error: {type(exc).__name__}")
-            return JSONResponse(wire.error_body(fault), status_code=500)
+            return 500, dumps(wire.error_body(fault)), [JSON_TYPE]
         finally:
             self.metrics.observe(route, status, time.perf_counter() - started, texts, tokens)
 

@@ -239,14 +239,21 @@ class ConnectionSpread:
         return sorted(self._counts.values(), reverse=True) if self._counts else None
 
 
-def _raw_worker(artifact: str, runtime: dict[str, Any], texts: list[str], job: int, seconds: float, core: int) -> int:
-    """One worker's engine, pinned to ``core``, embedding ``texts`` in calls of ``job`` for ``seconds``."""
-    os.sched_setaffinity(0, [core])
+def _raw_worker(
+    artifact: str, runtime: dict[str, Any], texts: list[str], job: int, seconds: float, cores: list[int]
+) -> float:
+    """One worker's engine, pinned to ``cores``, embedding ``texts`` in calls of ``job`` for ``seconds`` from one
+    thread per session (as the service's inference threads do)."""
+    import threading
+
+    sessions = int(runtime.get("sessions", 1))
+    os.sched_setaffinity(0, cores)
     from embedserve import Engine, RuntimeConfig
 
     config = RuntimeConfig(
         artifact=runtime["artifact_role"],
         providers=tuple(runtime["providers"]["active"]),
+        sessions=sessions,
         intra_op_threads=int(runtime["intra_op_threads"]),
         tokenizer_threads=int(runtime["tokenizer_threads"]),
         max_batch_size=int(runtime["max_batch_size"]),
@@ -254,34 +261,49 @@ def _raw_worker(artifact: str, runtime: dict[str, Any], texts: list[str], job: i
     )
     engine = Engine(artifact, config)
     engine.warmup()
-    done, k = 0, 0
+    done = [0] * sessions
     started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        chunk = [texts[(k * job + i) % len(texts)] for i in range(job)]
-        engine.run(chunk)
-        done += job
-        k += 1
-    return round(done / (time.perf_counter() - started), 1)
+
+    def loop(slot: int) -> None:
+        k = slot
+        while time.perf_counter() - started < seconds:
+            engine.run([texts[(k * job + i) % len(texts)] for i in range(job)])
+            done[slot] += job
+            k += sessions
+
+    threads = [threading.Thread(target=loop, args=(slot,)) for slot in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return round(sum(done) / (time.perf_counter() - started), 1)
 
 
 def raw_engine_loop(artifact: Path, info: dict[str, Any], texts: list[str], seconds: float) -> dict[str, Any]:
-    """The engine without HTTP in the service's own layout: one process per worker, each pinned to its own core
-    (the service's workers share the same cores), each embedding the same texts in calls of the scheduler's job
-    size. The sum is the model's rate in that layout: the ceiling the service is compared with."""
+    """The engine without HTTP in the service's own layout: one process per worker on its share of the cores, one
+    thread per session in each, each embedding the same texts in calls of the scheduler's job size. The sum is the
+    model's rate in that layout: the ceiling the service is compared with."""
     import concurrent.futures
     import multiprocessing
 
     workers, runtime = int(info["workers"]), info["runtime"]
     job = int(info["scheduler"]["max_job_texts"])
-    cores = sorted(os.sched_getaffinity(0))
+    per_worker = int(runtime.get("sessions", 1)) * int(runtime["intra_op_threads"])
+    available = sorted(os.sched_getaffinity(0))  # the workers' shares, wrapping when they oversubscribe the cores
+    shares = [
+        sorted({available[(w * per_worker + i) % len(available)] for i in range(per_worker)}) for w in range(workers)
+    ]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_raw_worker, str(artifact), runtime, texts, job, seconds, cores[w % len(cores)])
-            for w in range(workers)
-        ]
+        futures = [pool.submit(_raw_worker, str(artifact), runtime, texts, job, seconds, share) for share in shares]
         rates = [f.result() for f in futures]
-    return {"workers": workers, "job_texts": job, "per_worker": rates, "texts_per_s": round(sum(rates), 1)}
+    return {
+        "workers": workers,
+        "sessions_per_worker": int(runtime.get("sessions", 1)),
+        "job_texts": job,
+        "per_worker": rates,
+        "texts_per_s": round(sum(rates), 1),
+    }
 
 
 def compare(cells: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:
@@ -394,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()  # the raw loop runs alone, on the same cores, then the server again
                 raw = raw_engine_loop(artifact_dir, info, list(workload.texts), args.duration)
                 configs[name]["raw_engine_loop"] = raw
-                say(f"raw engine loop ({raw['workers']} x {info['runtime']['intra_op_threads']} thread): {raw}")
+                say(f"raw engine loop: {raw}")
                 server.start(timeout_s=600)
             for size in sizes:
                 count = max(2 * args.connections, -(-len(workload.texts) // size))

@@ -15,10 +15,14 @@ EMBEDSERVE_ARTIFACT                    auto         auto: int8 graph on CPU, opt
                                                     ``cpu`` or ``gpu`` force one (``gpu`` on a CPU gives the best
                                                     parity, about 2x slower).
 EMBEDSERVE_WORKERS                     auto         server processes. auto: 4 on a GPU host (each with its own
-                                                    session on the GPU: 2x the requests/s of one on an H200), one
-                                                    per core on a CPU host (measured +42% over one process with two
-                                                    threads on 2 cores: small batches do not split across threads).
-EMBEDSERVE_INTRA_OP_THREADS            cores/wkrs   ONNX Runtime threads per inference; workers x threads <= cores.
+                                                    session on the GPU: 3.3x the embeddings/s of one worker at 16
+                                                    texts per request on an H200), one per core on a CPU host
+                                                    (single-thread sessions: +26-42% over one two-thread session
+                                                    on 2 cores; small batches do not split across threads).
+EMBEDSERVE_SESSIONS                    auto         model sessions per worker, each with its own inference thread.
+                                                    auto: 2 on a CPU host (a worker holding more than its share of
+                                                    keep-alive connections can use a second core), 1 on a GPU host.
+EMBEDSERVE_INTRA_OP_THREADS            auto         ONNX Runtime threads per session: cores / (workers x sessions).
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
                                                     busy one (the HTTP loop shares the cores).
@@ -91,9 +95,15 @@ CPU_BATCH = BatchShape(max_batch_size=32, max_batch_tokens=8192, max_job_texts=3
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.
 GPU_BATCH = BatchShape(max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, overhead_tokens=2048)
 #: Workers on a GPU host: each has its own session on the same GPU and its own event loop and tokenizer. Measured on
-#: an H200 with 16 cores (benchmarks/results/bench_gpu.json): 4 workers served 1,594 one-text requests/s and 30,908
-#: embeddings/s at 16 texts per request, 1 worker 796 and 8,612 (the HTTP edge and tokenizer of one process limit).
+#: an H200 with 16 cores, 64 clients (benchmarks/results/bench_gpu.json): 4 workers 53,187 embeddings/s at 16 texts
+#: per request, 1 worker 16,005 (one process's tokenizer and event loop limit); one-text requests 2,430 vs 2,570/s.
 GPU_WORKERS = 4
+#: Sessions per worker on a CPU host (one ONNX Runtime thread each), with one worker per core. Workers share one
+#: listening socket and the first to wake accepts a whole burst of connections, so with keep-alive clients one worker
+#: can hold most of them (seen: 32/0, 22/10, 20/12 of 32). A second session lets that worker use a second core
+#: instead of queueing. Measured on 2 cores, one-text requests: 2 workers x 1 session 226-460 requests/s depending on
+#: the split, 1 worker x 2 sessions 350-384, 2 workers x 2 sessions 385 at a 22/10 split.
+CPU_SESSIONS = 2
 #: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
@@ -112,6 +122,7 @@ class RuntimeConfig:
     intra_op_threads: int = field(default_factory=available_cores)
     inter_op_threads: int = 1
     allow_spinning: bool = False
+    sessions: int = 1
     tokenizer_threads: int | None = None
     max_batch_size: int | None = None
     max_batch_tokens: int | None = None
@@ -128,6 +139,7 @@ class RuntimeConfig:
         for name in (
             "intra_op_threads",
             "inter_op_threads",
+            "sessions",
             "tokenizer_threads",
             "max_batch_size",
             "max_batch_tokens",
@@ -203,7 +215,10 @@ class Settings:
         reader.put(runtime_kwargs, "require_gpu", "REQUIRE_GPU", _bool)
         reader.put(runtime_kwargs, "artifact", "ARTIFACT", str.lower)
         workers = resolve_workers(env)
-        runtime_kwargs["intra_op_threads"] = max(1, available_cores() // workers)
+        reader.put(runtime_kwargs, "sessions", "SESSIONS", _auto(int))
+        if runtime_kwargs.get("sessions") is None:  # auto: see CPU_SESSIONS
+            runtime_kwargs["sessions"] = 1 if gpu_present() else min(CPU_SESSIONS, available_cores())
+        runtime_kwargs["intra_op_threads"] = max(1, available_cores() // (workers * runtime_kwargs["sessions"]))
         reader.put(runtime_kwargs, "intra_op_threads", "INTRA_OP_THREADS", int)
         reader.put(runtime_kwargs, "inter_op_threads", "INTER_OP_THREADS", int)
         reader.put(runtime_kwargs, "allow_spinning", "ALLOW_SPINNING", _bool)
@@ -232,7 +247,7 @@ def gpu_present() -> bool:
 
 
 def resolve_workers(environ: Mapping[str, str] | None = None) -> int:
-    """Server worker processes from ``EMBEDSERVE_WORKERS``: a number, or ``auto`` (1 with a GPU, else one per core).
+    """Server worker processes from ``EMBEDSERVE_WORKERS``: a number, or ``auto`` (4 with a GPU, else one per core).
 
     Raises:
         ConfigError: not a positive number or ``auto``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import platform
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from embedserve.config import RuntimeConfig
 from embedserve.errors import InputError
 from embedserve.pooling import truncate_dimensions
 from embedserve.scheduler import Pending, Scheduler, plan_batches
-from embedserve.session import ModelRunner, ProviderReport, open_model
+from embedserve.session import ModelRunner, ProviderReport, open_models
 from embedserve.tokenization import DIRECTIONS, TextTokenizer, TokenBatch, use_tokenizer_threads
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,10 @@ class Engine:
             pad_id=self.artifact.pad_id,
             padding_side=self.artifact.padding_side,
         )
-        self.model: ModelRunner = open_model(self.artifact, self.config)
+        self.models: list[ModelRunner] = open_models(self.artifact, self.config)
+        self._free_models: queue.SimpleQueue[ModelRunner] = queue.SimpleQueue()
+        for runner in self.models:
+            self._free_models.put(runner)
         gpu = prov.is_gpu(self.model.primary)
         self.shape = self.config.batch_shape(gpu=gpu)
         self.tokenizer_threads = self.config.tokenizer_pool_size(gpu=gpu)
@@ -142,6 +146,11 @@ class Engine:
         self._scheduler_lock = threading.Lock()
 
     # -- what is loaded ------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> ModelRunner:
+        """The first session (they all run the same graph on the same provider)."""
+        return self.models[0]
 
     @property
     def role(self) -> str:
@@ -211,9 +220,15 @@ class Engine:
         Returns:
             ``(len(tokens), dimension)`` float32 vectors *before* the model's final normalisation.
         """
+        model = self._free_models.get()  # a session of its own: calls in other threads use the others
+        try:
+            return self._compute_on(model, tokens)
+        finally:
+            self._free_models.put(model)
+
+    def _compute_on(self, model: ModelRunner, tokens: TokenBatch) -> np.ndarray:
         out = np.empty((len(tokens), self.dimension), dtype=np.float32)
-        shape = self.shape
-        model, head, timings = self.model, self.head, self.timings
+        shape, head, timings = self.shape, self.head, self.timings
         for index in plan_batches(
             tokens.lengths,
             max_batch_size=shape.max_batch_size,
@@ -320,6 +335,7 @@ class Engine:
                         max_job_texts=self.shape.max_job_texts,
                         max_wait_s=self.config.batch_wait_ms / 1000.0,
                         pipelined=self.tokenizer_threads > 1,
+                        inference_threads=len(self.models),
                     )
         return self._scheduler
 
@@ -400,8 +416,9 @@ class Engine:
         shape = self.shape
         batch = min(shape.max_batch_size, max(1, shape.max_batch_tokens // self.max_seq_length))
         text = " ".join(["warmup"] * (self.max_seq_length * 2))
-        self.embed([text] * batch)
-        self.embed(["warmup"])
+        for _ in self.models:  # sessions are taken in turn: each one allocates its buffers once
+            self.embed([text] * batch)
+            self.embed(["warmup"])
         self.timings.reset()
         return time.perf_counter() - started
 
@@ -437,6 +454,7 @@ class Engine:
             "pooling_in_graph_refused": self.model.pooling_mismatch,
             "io_binding": self.model.io_binding,
             "providers": self.providers.as_dict(),
+            "sessions": len(self.models),
             "intra_op_threads": self.config.intra_op_threads,
             "inter_op_threads": self.config.inter_op_threads,
             "allow_spinning": self.config.allow_spinning,

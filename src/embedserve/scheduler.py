@@ -180,14 +180,21 @@ class SchedulerStats:
 
 
 class _Stage:
-    """A deque of pending requests served by one daemon thread."""
+    """A deque of pending requests served by ``threads`` daemon threads."""
 
-    def __init__(self, name: str, work: Callable[[], None]) -> None:
+    def __init__(self, name: str, work: Callable[[], None], threads: int = 1) -> None:
         self.items: deque[Pending] = deque()
         self.ready = threading.Condition()
         self._work = work
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}" if threads > 1 else name, daemon=True)
+            for i in range(threads)
+        ]
         self.closed = False
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
 
     def put(self, item: Pending) -> None:
         with self.ready:
@@ -210,7 +217,7 @@ class _Stage:
             try:
                 self._work()
             except Exception:  # a bug in a stage must not kill the thread silently
-                log.exception("scheduler stage %s failed", self.thread.name)
+                log.exception("scheduler stage %s failed", threading.current_thread().name)
 
     def close(self) -> None:
         with self.ready:
@@ -230,6 +237,7 @@ class Scheduler:
         pipelined: tokenize on a stage of its own, overlapping inference (a GPU host); otherwise the inference
             thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
             for the hand-over).
+        inference_threads: threads taking jobs at once (one per model session).
     """
 
     def __init__(
@@ -241,6 +249,7 @@ class Scheduler:
         max_job_texts: int,
         max_wait_s: float = 0.0,
         pipelined: bool = True,
+        inference_threads: int = 1,
     ) -> None:
         self._tokenize = tokenize
         self._infer = infer
@@ -251,11 +260,12 @@ class Scheduler:
         self._queued = 0
         self._lock = threading.Lock()
         self.pipelined = pipelined
-        self._inference = _Stage("embedserve-infer", self._infer_step)
+        self._stats_lock = threading.Lock()
+        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads)
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step) if pipelined else self._inference
-        self._inference.thread.start()
+        self._inference.start()
         if pipelined:
-            self._tokenizer.thread.start()
+            self._tokenizer.start()
 
     @property
     def queued_texts(self) -> int:
@@ -296,7 +306,8 @@ class Scheduler:
             head = stage.items[0]
             if head.abandoned:
                 stage.items.popleft()
-                self.stats.abandoned += 1
+                with self._stats_lock:
+                    self.stats.abandoned += 1
                 self._release(len(head.texts))
                 continue
             if limit is not None and taken and count + len(head.texts) > limit:
@@ -345,20 +356,22 @@ class Scheduler:
             return
         started = time.perf_counter()
         self._release(sum(len(p.texts) for p in job))
-        for pending in job:
-            self.stats.queue_wait_s += started - pending.tokenized_at
         try:
             results = self._infer(job)
         except Exception as exc:  # fail every waiter of this job, with the cause
-            self.stats.failed_jobs += 1
+            with self._stats_lock:
+                self.stats.failed_jobs += 1
             log.exception("inference job of %d requests failed", len(job))
             for pending in job:
                 pending.fail(exc)
             return
-        self.stats.jobs += 1
-        self.stats.requests += len(job)
-        self.stats.texts += sum(len(p.texts) for p in job)
-        self.stats.compute_s += time.perf_counter() - started
+        with self._stats_lock:
+            stats = self.stats
+            stats.jobs += 1
+            stats.requests += len(job)
+            stats.texts += sum(len(p.texts) for p in job)
+            stats.compute_s += time.perf_counter() - started
+            stats.queue_wait_s += sum(started - p.tokenized_at for p in job)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for pending, result in zip(job, results, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending.future, result))

@@ -84,12 +84,16 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     monkeypatch.setattr(config, "available_cores", lambda: 16)
     monkeypatch.setattr(config, "gpu_present", lambda: False)
     cpu_host = Settings.from_env({})
-    assert cpu_host.workers == 16 and cpu_host.runtime.intra_op_threads == 1  # one worker per core
+    assert cpu_host.workers == 16 and cpu_host.runtime.sessions == config.CPU_SESSIONS  # a worker per core
+    assert cpu_host.runtime.intra_op_threads == 1
+    one = Settings.from_env({"EMBEDSERVE_WORKERS": "1", "EMBEDSERVE_SESSIONS": "4"}).runtime
+    assert (one.sessions, one.intra_op_threads) == (4, 4)
     monkeypatch.setattr(config, "gpu_present", lambda: True)
     gpu_host = Settings.from_env({})
-    assert gpu_host.workers == config.GPU_WORKERS and gpu_host.runtime.intra_op_threads == 16 // config.GPU_WORKERS
+    assert gpu_host.workers == config.GPU_WORKERS and gpu_host.runtime.sessions == 1
+    assert gpu_host.runtime.intra_op_threads == 16 // config.GPU_WORKERS
     assert gpu_host.runtime.tokenizer_pool_size(gpu=True) == 16 // config.GPU_WORKERS
-    assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4
+    assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4  # GPU host: 1 session
     runtime = RuntimeConfig(max_batch_size=64)
     assert runtime.batch_shape(gpu=False) == config.BatchShape(
         max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, overhead_tokens=32
