@@ -19,6 +19,7 @@ from embedserve.errors import (
     OverloadedError,
     PayloadTooLargeError,
     ProviderUnavailableError,
+    TokenIdsError,
     UnsupportedModelError,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RuntimeConfig",
     "Settings",
+    "TokenIdsError",
     "UnsupportedModelError",
     "__version__",
 ]

@@ -43,7 +43,10 @@ EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs expl
 EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
                                                     for the fp16 graph, whose default kernel is rebuilt for every new
                                                     sequence length (~42 ms each), the provider's default for fp32.
-EMBEDSERVE_MAX_INPUTS                  256          texts per request (413 above it).
+EMBEDSERVE_MAX_INPUTS                  2048         texts per request (413 above it); OpenAI's own limit, what LangChain
+                                                    (1,000) and LlamaIndex (100) send at most. The engine cuts a request
+                                                    into inference calls of max_batch_size; must not exceed
+                                                    max_queue_texts (a full request would always get 429).
 EMBEDSERVE_MAX_CHARS                   20000        characters per text (413 above it); bounds tokenizer time.
 EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above it).
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
@@ -177,7 +180,7 @@ class RuntimeConfig:
 class Limits:
     """Request limits enforced at the HTTP boundary; every value is reported by ``/info``."""
 
-    max_inputs: int = 256
+    max_inputs: int = 2048
     max_chars: int = 20_000
     max_body_bytes: int = 4 * 1024 * 1024
 
@@ -193,6 +196,14 @@ class Settings:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     limits: Limits = field(default_factory=Limits)
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.limits.max_inputs > self.runtime.max_queue_texts:
+            raise ConfigError(
+                f"max_inputs={self.limits.max_inputs} is above max_queue_texts={self.runtime.max_queue_texts}: a "
+                f"request of max_inputs texts would be refused (429) even by an idle server; raise "
+                f"{PREFIX}MAX_QUEUE_TEXTS or lower {PREFIX}MAX_INPUTS"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

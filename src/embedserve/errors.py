@@ -45,6 +45,13 @@ class EmptyInputError(InputError):
     kind = "empty_input"
 
 
+class TokenIdsError(InputError):
+    """The input holds token ids (what LangChain's ``OpenAIEmbeddings`` sends on its defaults, from OpenAI's
+    tiktoken): ids of another model's vocabulary cannot be embedded faithfully, so they are refused."""
+
+    kind = "token_ids_not_supported"
+
+
 class InputTooLongError(InputError):
     """An input has more tokens than the model accepts and the client asked not to truncate."""
 

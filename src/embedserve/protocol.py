@@ -28,9 +28,15 @@ from embedserve.errors import (
     MalformedRequestError,
     OverloadedError,
     PayloadTooLargeError,
+    TokenIdsError,
 )
 
 ENCODING_FORMATS = ("float", "base64")
+#: What the message of a token-id request tells the client to change (LangChain's OpenAIEmbeddings tokenizes with
+#: tiktoken and sends the ids unless told not to; the openai SDK and LlamaIndex send strings).
+TOKEN_IDS_HINT = (
+    "send the texts as strings instead (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
+)
 DIRECTIONS = ("right", "left")
 
 
@@ -62,6 +68,8 @@ def parse_texts(value: Any, limits: Limits, *, param: str) -> list[str]:
         raise InputError(f"'{param}' must be a string or a list of strings, got {type(value).__name__}", param=param)
     if not texts:
         raise EmptyInputError(f"'{param}' must not be an empty list", param=param)
+    if _is_token_ids(texts[0]):  # before the count: a token array is one input however many ids it has
+        raise _token_ids_error(param, texts)
     if len(texts) > limits.max_inputs:
         raise PayloadTooLargeError(
             f"'{param}' has {len(texts)} items; the limit is max_inputs={limits.max_inputs}",
@@ -71,8 +79,9 @@ def parse_texts(value: Any, limits: Limits, *, param: str) -> list[str]:
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            kind = "token ids (send text instead)" if isinstance(text, (int, list)) else type(text).__name__
-            raise InputError(f"'{param}[{i}]' must be a string, got {kind}", param=param)
+            if isinstance(text, list):  # a token array among texts (a lone int there is just a wrong type)
+                raise _token_ids_error(param, texts)
+            raise InputError(f"'{param}[{i}]' must be a string, got {type(text).__name__}", param=param)
         if not text:
             raise EmptyInputError(f"'{param}[{i}]' is an empty string", param=param)
         if len(text) > limits.max_chars:
@@ -83,6 +92,19 @@ def parse_texts(value: Any, limits: Limits, *, param: str) -> list[str]:
                 limit=limits.max_chars,
             )
     return texts
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, list)
+
+
+def _token_ids_error(param: str, texts: list[Any]) -> TokenIdsError:
+    shape = "a list of token ids" if isinstance(texts[0], int) else "lists of token ids"
+    return TokenIdsError(
+        f"'{param}' holds {shape}; this server tokenizes text with its own model's tokenizer and cannot embed ids "
+        f"from another tokenizer (such as OpenAI's tiktoken): {TOKEN_IDS_HINT}",
+        param=param,
+    )
 
 
 def _optional_bool(body: Mapping[str, Any], key: str, default: bool | None) -> bool | None:

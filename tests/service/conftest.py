@@ -36,7 +36,8 @@ class Server:
         self.process = subprocess.Popen(
             [BENTOML, "serve", "service:Embeddings", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            # the library from this checkout too, not whichever one an editable install points at
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]), **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

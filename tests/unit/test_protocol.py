@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedserve.config import Limits
-from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError
+from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError, TokenIdsError
 from embedserve.protocol import dumps, encode_base64, openai_response, parse_openai, parse_tei
 
 LIMITS = Limits(max_inputs=3, max_chars=10)
@@ -70,6 +70,28 @@ def test_openai_rejects(body, error, fragment):
 def test_tei_rejects(body, fragment):
     with pytest.raises(InputError, match=fragment):
         parse_tei(body, LIMITS, dimension=8)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [[9906, 1917], [15339]],  # LangChain's default: one token array per text (tiktoken ids)
+        [9906, 1917, 15339, 0],  # one token array, longer than max_inputs: still named as token ids, not a count
+        ["text", [15339]],
+    ],
+)
+def test_token_ids_are_refused_with_the_client_setting_that_fixes_it(value):
+    with pytest.raises(TokenIdsError) as info:
+        parse_openai({"input": value}, LIMITS, dimension=8)
+    assert "check_embedding_ctx_length=False" in info.value.message and info.value.param == "input"
+    assert info.value.kind == "token_ids_not_supported"
+
+
+def test_default_limit_is_openais_2048_inputs():
+    assert Limits().max_inputs == 2048
+    assert len(parse_openai({"input": ["t"] * 2048}, Limits(), dimension=8).texts) == 2048
+    with pytest.raises(PayloadTooLargeError, match="max_inputs=2048"):
+        parse_openai({"input": ["t"] * 2049}, Limits(), dimension=8)
 
 
 def test_limit_errors_carry_name_and_value():

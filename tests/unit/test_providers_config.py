@@ -123,6 +123,8 @@ def test_defaults_are_explicit():
         ({"EMBEDSERVE_WORKERS": "0"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_WORKERS": "many"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_IO_BINDING": "sometimes"}, "EMBEDSERVE_IO_BINDING"),
+        ({"EMBEDSERVE_MAX_INPUTS": "5000"}, "max_inputs=5000 is above max_queue_texts=4096"),
+        ({"EMBEDSERVE_MAX_QUEUE_TEXTS": "100"}, "max_inputs=2048 is above max_queue_texts=100"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
