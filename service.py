@@ -30,7 +30,16 @@ try:
 except ImportError:  # inside a built bento the library ships as src/embedserve next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from embedserve import EmbedServeError, Engine, OverloadedError, PayloadTooLargeError, Settings, __version__
+from embedserve import (
+    AuthenticationError,
+    EmbedServeError,
+    Engine,
+    OverloadedError,
+    PayloadTooLargeError,
+    Settings,
+    __version__,
+)
+from embedserve.auth import ApiKeys
 from embedserve.config import resolve_workers
 from embedserve.protocol import OPENAI, TEI, WireFormat, dumps, loads, status_for
 from embedserve.providers import short_name
@@ -116,6 +125,11 @@ class _Metrics:
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_TYPE = (b"content-type", b"application/json")
+#: Routes answered without an API key: liveness, readiness and metrics, for probes and scrapers that carry no key
+#: (BentoML's /livez, /healthz and /readyz are matched before this app; they are listed for completeness).
+PUBLIC_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/health", "/metrics"})
+MISSING_KEY = "this server requires an API key: send the header 'Authorization: Bearer <key>'"
+WRONG_KEY = "the API key in the 'Authorization: Bearer' header is not accepted"
 
 
 def metrics_exposition() -> bytes:
@@ -139,15 +153,46 @@ class HttpEdge:
             ("POST", "/"): self.embed_tei,
             ("GET", "/info"): self.info,
             ("GET", "/v1/models"): self.models,
+            ("GET", "/health"): self.health,
             ("GET", "/metrics"): self.metrics,
         }
         self.paths = {path for _, path in self.routes}
+        #: Set by the service once it is ready (:meth:`configure`); until then every guarded route is refused.
+        self.api_keys: ApiKeys | None = None
+        self.check_keys = True
+
+    def configure(self, api_keys: ApiKeys) -> None:
+        """Start answering: with ``api_keys`` required on every route but :data:`PUBLIC_PATHS` (if there are any)."""
+        self.api_keys = api_keys
+        self.check_keys = api_keys.required
+
+    def refuse(self, scope: Scope) -> Reply | None:
+        """A 401 (or 503 before the service is ready) for a guarded route without an accepted key, else ``None``."""
+        path = scope["path"]
+        if path in PUBLIC_PATHS:
+            return None
+        wire = OPENAI if path.startswith("/v1/") else TEI
+        keys = self.api_keys
+        if keys is None:  # closed, never open, until the service has read its settings
+            error = EmbedServeError("the service is starting")
+            return 503, dumps(wire.error_body(error)), [JSON_TYPE, (b"retry-after", b"1")]
+        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        if keys.allows(authorization):
+            return None
+        if authorization is None:
+            error, challenge = AuthenticationError(MISSING_KEY, code="missing_api_key"), b"Bearer"
+        else:  # RFC 6750: the challenge names the error when a credential was sent
+            error, challenge = AuthenticationError(WRONG_KEY), b'Bearer error="invalid_token"'
+        return 401, dumps(wire.error_body(error)), [JSON_TYPE, (b"www-authenticate", challenge)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         handler = self.routes.get((scope["method"], scope["path"]))
-        if handler is None:
+        refused = self.refuse(scope) if self.check_keys else None
+        if refused is not None:
+            reply = refused
+        elif handler is None:
             status = 405 if scope["path"] in self.paths else 404
             reply: Reply = (status, orjson.dumps({"detail": HTTPStatus(status).phrase}), [JSON_TYPE])
         else:
@@ -162,6 +207,12 @@ class HttpEdge:
 
     async def embed_tei(self, scope: Scope, receive: Receive) -> Reply:
         return await bentoml.get_current_service().handle(scope, receive, scope["path"], TEI)
+
+    async def health(self, scope: Scope, receive: Receive) -> Reply:
+        """TEI's health route: 200 (empty body) once the model is loaded and warmed up, 503 before."""
+        if self.api_keys is None:
+            return 503, dumps(TEI.error_body(EmbedServeError("the model is not ready yet"))), [JSON_TYPE]
+        return 200, b"", []
 
     async def info(self, scope: Scope, receive: Receive) -> Reply:
         return 200, orjson.dumps(bentoml.get_current_service().info()), [JSON_TYPE]
@@ -216,6 +267,7 @@ class Embeddings:
         self.provider_header = self.provider.encode()
         self.metrics = _Metrics(self.provider)
         self.warmup_s = self.engine.warmup()
+        http_app.configure(self.settings.api_keys)
         log.info("model %s ready on %s after a %.1fs warm-up", self.tag, self.engine.providers.primary, self.warmup_s)
 
     async def handle(self, scope: Scope, receive: Receive, route: str, wire: WireFormat) -> Reply:
@@ -276,6 +328,7 @@ class Embeddings:
             },
             "runtime": engine.describe(),
             "workers": self.settings.workers,
+            "api_key_required": self.settings.api_keys.required,
             "warmup_s": round(self.warmup_s, 3),
             "parity": {
                 "passed": parity.get("passed"),

@@ -10,6 +10,7 @@ from embedserve.config import Limits, RuntimeConfig, Settings
 from embedserve.engine import EmbedOptions, EmbedResult, Engine
 from embedserve.errors import (
     ArtifactError,
+    AuthenticationError,
     ConfigError,
     EmbedServeError,
     EmptyInputError,
@@ -29,6 +30,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Artifact",
     "ArtifactError",
+    "AuthenticationError",
     "ConfigError",
     "EmbedOptions",
     "EmbedResult",

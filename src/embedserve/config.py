@@ -50,6 +50,9 @@ EMBEDSERVE_MAX_INPUTS                  2048         texts per request (413 above
 EMBEDSERVE_MAX_CHARS                   20000        characters per text (413 above it); bounds tokenizer time.
 EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above it).
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
+EMBEDSERVE_API_KEY                     (none)       API keys clients must send as ``Authorization: Bearer <key>``:
+                                                    ``key``, ``key1,key2`` or ``@/path/file`` (one key per line, ``#``
+                                                    comments); see :mod:`embedserve.auth`. Unset: no key asked for.
 =====================================  ===========  ====================================================================
 """
 
@@ -61,6 +64,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from embedserve.auth import ApiKeys
 from embedserve.errors import ConfigError
 from embedserve.providers import DEFAULT_PREFERENCE, parse_preference
 
@@ -196,6 +200,7 @@ class Settings:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     limits: Limits = field(default_factory=Limits)
     workers: int = 1
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
 
     def __post_init__(self) -> None:
         if self.limits.max_inputs > self.runtime.max_queue_texts:
@@ -206,7 +211,8 @@ class Settings:
             )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as plain data; of the API keys only their number."""
+        return {**asdict(self), "api_keys": len(self.api_keys)}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -246,8 +252,17 @@ class Settings:
         reader.put(limit_kwargs, "max_inputs", "MAX_INPUTS", int)
         reader.put(limit_kwargs, "max_chars", "MAX_CHARS", int)
         reader.put(limit_kwargs, "max_body_bytes", "MAX_BODY_BYTES", int)
+        try:  # not through reader.put: its message quotes the value, here a key
+            api_keys = ApiKeys.parse(reader.raw("API_KEY"))
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}API_KEY is invalid: {exc}") from None
         try:
-            return cls(runtime=RuntimeConfig(**runtime_kwargs), limits=Limits(**limit_kwargs), workers=workers)
+            return cls(
+                runtime=RuntimeConfig(**runtime_kwargs),
+                limits=Limits(**limit_kwargs),
+                workers=workers,
+                api_keys=api_keys,
+            )
         except ConfigError as exc:
             raise ConfigError(f"{exc} (from {PREFIX}* environment variables)") from exc
 

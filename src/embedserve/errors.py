@@ -64,6 +64,15 @@ class PayloadTooLargeError(InputError):
     kind = "payload_too_large"
 
 
+class AuthenticationError(EmbedServeError):
+    """The request carries no API key, or not an accepted one (the key itself is never in the message)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_api_key") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
 class OverloadedError(EmbedServeError):
     """The server queue is full; the client should retry later."""
 

@@ -21,6 +21,7 @@ import orjson
 from embedserve.config import Limits
 from embedserve.engine import DEFAULT_OPTIONS, EmbedOptions, EmbedResult
 from embedserve.errors import (
+    AuthenticationError,
     EmbedServeError,
     EmptyInputError,
     InputError,
@@ -231,6 +232,7 @@ STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
     (EmptyInputError, 400),
     (InputError, 422),
     (OverloadedError, 429),
+    (AuthenticationError, 401),
 )
 
 
@@ -256,17 +258,21 @@ def _openai_error_body(exc: EmbedServeError) -> dict:
         )
     if isinstance(exc, OverloadedError):
         return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
+    if isinstance(exc, AuthenticationError):  # what OpenAI answers for a missing or wrong key
+        return openai_error(exc.message, error_type="invalid_request_error", code=exc.code)
     return openai_error(str(exc), error_type="server_error")
 
 
 def _tei_error_body(exc: EmbedServeError) -> dict:
-    """TEI's error types: Empty, Validation, Overloaded, Backend."""
+    """TEI's error types: Empty, Validation, Overloaded, Backend; and Unauthorized for a missing or wrong key."""
     if isinstance(exc, EmptyInputError):
         return tei_error(exc.message, error_type="Empty")
     if isinstance(exc, InputError):
         return tei_error(exc.message, error_type="Validation")
     if isinstance(exc, OverloadedError):
         return tei_error(exc.message, error_type="Overloaded")
+    if isinstance(exc, AuthenticationError):
+        return tei_error(exc.message, error_type="Unauthorized")
     return tei_error(str(exc), error_type="Backend")
 
 

@@ -110,3 +110,20 @@ def server(start_server) -> Server:
 @pytest.fixture(scope="session")
 def url(server) -> str:
     return server.url
+
+
+#: The keys of :func:`keyed_server`, given as a key file (one per line, a comment): both are accepted.
+API_KEYS = ("sk-embedserve-test-first-9f8e7d", "sk-embedserve-test-second-1a2b3c")
+
+
+@pytest.fixture(scope="session")
+def api_keys() -> tuple[str, ...]:
+    return API_KEYS
+
+
+@pytest.fixture(scope="session")
+def keyed_server(start_server, tmp_path_factory) -> Server:
+    """The default configuration with API keys required (``EMBEDSERVE_API_KEY=@file``)."""
+    key_file = tmp_path_factory.mktemp("keys") / "api_keys"
+    key_file.write_text("# test keys\n" + "\n".join(API_KEYS) + "\n")
+    return start_server({"EMBEDSERVE_API_KEY": f"@{key_file}"})

@@ -45,6 +45,8 @@ def reference(st_minilm) -> np.ndarray:
 def test_health_routes(url):
     assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    health = httpx.get(f"{url}/health", timeout=10)  # TEI's (503 before the model is ready: test_edge.py)
+    assert health.status_code == 200 and health.content == b""
 
 
 def test_info_reports_model_limits_providers_and_parity(url, manifest):

@@ -116,3 +116,15 @@ def test_dumps_keeps_float32_values_exactly():
     vectors = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
     decoded = np.array(json.loads(dumps(vectors)), dtype=np.float32)
     np.testing.assert_array_equal(decoded, vectors)
+
+
+def test_authentication_errors_are_401_in_each_protocols_shape():
+    from embedserve.errors import AuthenticationError
+    from embedserve.protocol import OPENAI, TEI, status_for
+
+    error = AuthenticationError("no key", code="missing_api_key")
+    assert status_for(error) == 401
+    assert OPENAI.error_body(error) == {
+        "error": {"message": "no key", "type": "invalid_request_error", "param": None, "code": "missing_api_key"}
+    }
+    assert TEI.error_body(error) == {"error": "no key", "error_type": "Unauthorized"}
