@@ -1,8 +1,11 @@
 """The HTTP edge: a thin ``@bentoml.service`` around :class:`embedserve.Engine`.
 
 Routes (one ASGI app mounted into the BentoML service, so that request bodies, limits and error shapes are
-ours): ``POST /v1/embeddings`` (OpenAI), ``POST /embed`` and ``POST /`` (Hugging Face TEI), ``GET /info``,
-``GET /v1/models``; BentoML adds ``/livez``, ``/readyz`` and ``/metrics``.
+ours): ``POST /v1/embeddings`` and ``GET /v1/models`` (OpenAI); ``POST /embed``, ``POST /`` (embeddings, or
+similarity when ``inputs`` is an object), ``POST /similarity``, ``POST /tokenize``, ``POST /decode``,
+``GET /health`` and ``GET /info`` (Hugging Face TEI, with our keys beside TEI's); ``GET /metrics`` (ours);
+BentoML adds ``/livez``, ``/healthz`` and ``/readyz``. With API keys configured every route but liveness,
+readiness, ``/health`` and ``/metrics`` asks for ``Authorization: Bearer <key>`` (:data:`PUBLIC_PATHS`).
 
 Each embedding route parses its wire format, calls ``engine.submit`` and writes the response: tokenization,
 batching, inference and finishing all happen in the engine's worker threads, never on the event loop (BentoML's
@@ -16,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,19 @@ from embedserve import (
 )
 from embedserve.auth import ApiKeys
 from embedserve.config import resolve_workers
-from embedserve.protocol import OPENAI, TEI, WireFormat, dumps, loads, status_for
+from embedserve.protocol import (
+    OPENAI,
+    TEI,
+    TEI_COMPAT,
+    TEI_SIMILARITY,
+    WireFormat,
+    dumps,
+    loads,
+    parse_tei_decode,
+    parse_tei_tokenize,
+    status_for,
+    tokens_payload,
+)
 from embedserve.providers import short_name
 
 log = logging.getLogger("embedserve.service")
@@ -128,6 +144,8 @@ JSON_TYPE = (b"content-type", b"application/json")
 #: Routes answered without an API key: liveness, readiness and metrics, for probes and scrapers that carry no key
 #: (BentoML's /livez, /healthz and /readyz are matched before this app; they are listed for completeness).
 PUBLIC_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/health", "/metrics"})
+#: Our precision names -> TEI's ``model_dtype`` names.
+TEI_DTYPES = {"fp32": "float32", "fp16": "float16"}
 MISSING_KEY = "this server requires an API key: send the header 'Authorization: Bearer <key>'"
 WRONG_KEY = "the API key in the 'Authorization: Bearer' header is not accepted"
 
@@ -150,7 +168,10 @@ class HttpEdge:
         self.routes: dict[tuple[str, str], Any] = {
             ("POST", "/v1/embeddings"): self.embed_openai,
             ("POST", "/embed"): self.embed_tei,
-            ("POST", "/"): self.embed_tei,
+            ("POST", "/"): self.tei_compat,
+            ("POST", "/similarity"): self.similarity,
+            ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/decode"): self.decode,
             ("GET", "/info"): self.info,
             ("GET", "/v1/models"): self.models,
             ("GET", "/health"): self.health,
@@ -206,7 +227,21 @@ class HttpEdge:
         return await bentoml.get_current_service().handle(scope, receive, "/v1/embeddings", OPENAI)
 
     async def embed_tei(self, scope: Scope, receive: Receive) -> Reply:
-        return await bentoml.get_current_service().handle(scope, receive, scope["path"], TEI)
+        return await bentoml.get_current_service().handle(scope, receive, "/embed", TEI)
+
+    async def tei_compat(self, scope: Scope, receive: Receive) -> Reply:
+        return await bentoml.get_current_service().handle(scope, receive, "/", TEI_COMPAT)
+
+    async def similarity(self, scope: Scope, receive: Receive) -> Reply:
+        return await bentoml.get_current_service().handle(scope, receive, "/similarity", TEI_SIMILARITY)
+
+    async def tokenize(self, scope: Scope, receive: Receive) -> Reply:
+        service = bentoml.get_current_service()
+        return await service.handle_tokens(scope, receive, "/tokenize", service.explain_tokens)
+
+    async def decode(self, scope: Scope, receive: Receive) -> Reply:
+        service = bentoml.get_current_service()
+        return await service.handle_tokens(scope, receive, "/decode", service.decode)
 
     async def health(self, scope: Scope, receive: Receive) -> Reply:
         """TEI's health route: 200 (empty body) once the model is loaded and warmed up, 503 before."""
@@ -218,8 +253,9 @@ class HttpEdge:
         return 200, orjson.dumps(bentoml.get_current_service().info()), [JSON_TYPE]
 
     async def models(self, scope: Scope, receive: Receive) -> Reply:
-        model_id = bentoml.get_current_service().model_id
-        payload = {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "embedserve"}]}
+        service = bentoml.get_current_service()
+        model = {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "embedserve"}
+        payload = {"object": "list", "data": [model]}
         return 200, orjson.dumps(payload), [JSON_TYPE]
 
     async def metrics(self, scope: Scope, receive: Receive) -> Reply:
@@ -263,6 +299,8 @@ class Embeddings:
         self.tag = str(stored.tag)
         self.engine = Engine(stored.path, self.settings.runtime)
         self.model_id = str(self.engine.artifact.source.get("model") or self.engine.artifact.name)
+        #: When the served model was stored (Unix seconds): OpenAI's ``Model.created``.
+        self.created = int(stored.creation_time.timestamp())
         self.provider = short_name(self.engine.providers.primary)
         self.provider_header = self.provider.encode()
         self.metrics = _Metrics(self.provider)
@@ -306,13 +344,61 @@ class Embeddings:
         finally:
             self.metrics.observe(route, status, time.perf_counter() - started, texts, tokens)
 
+    async def handle_tokens(self, scope: Scope, receive: Receive, route: str, work: Callable[[Any], Any]) -> Reply:
+        """TEI's ``/tokenize`` and ``/decode``: ``work(body)`` (parse, tokenizer, payload) on a worker thread, off
+        the event loop and the inference queue; errors in TEI's shape."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
+            payload = await anyio.to_thread.run_sync(work, body)
+            status = 200
+            return 200, dumps(payload), [JSON_TYPE]
+        except EmbedServeError as exc:
+            status = status_for(exc)
+            return status, dumps(TEI.error_body(exc)), [JSON_TYPE]
+        except ClientGone:
+            status = 499
+            return status, b"", []
+        except Exception as exc:
+            log.exception("request failed")
+            return 500, dumps(TEI.error_body(EmbedServeError(f"internal error: {type(exc).__name__}"))), [JSON_TYPE]
+        finally:
+            self.metrics.observe(route, status, time.perf_counter() - started)
+
+    def explain_tokens(self, body: Any) -> Any:
+        request = parse_tei_tokenize(body, self.settings.limits)
+        explained = self.engine.explain_tokens(
+            request.texts, add_special_tokens=request.add_special_tokens, prompt_name=request.prompt_name
+        )
+        return tokens_payload(explained)
+
+    def decode(self, body: Any) -> Any:
+        request = parse_tei_decode(body)
+        return self.engine.decode(request.ids, skip_special_tokens=request.skip_special_tokens)
+
     def info(self) -> dict[str, Any]:
         engine = self.engine
         artifact = engine.artifact
         parity = artifact.parity or {}
         scheduler = engine.scheduler
+        precision = artifact.graph(engine.role).precision
         return {
+            # TEI's Info keys first (what TEI's clients and dashboards read), then ours
             "model_id": self.model_id,
+            "model_sha": artifact.source.get("content_sha256"),
+            "model_dtype": TEI_DTYPES.get(precision, precision),
+            "model_type": {"embedding": {"pooling": "+".join(artifact.head.pooling)}},
+            "max_concurrent_requests": engine.config.max_queue_texts,  # our bound counts texts, not requests
+            "max_input_length": engine.max_seq_length,
+            "max_batch_tokens": engine.shape.max_batch_tokens,
+            "max_batch_requests": None,
+            "max_client_batch_size": self.settings.limits.max_inputs,
+            "auto_truncate": True,
+            "tokenization_workers": engine.tokenizer_threads,
+            "version": __version__,
+            "sha": None,
+            "docker_label": None,
             "bento_model": self.tag,
             "dimension": engine.dimension,
             "max_input_tokens": engine.max_seq_length,

@@ -28,7 +28,7 @@ from embedserve.errors import InputError
 from embedserve.pooling import truncate_dimensions
 from embedserve.scheduler import Pending, Scheduler, plan_batches
 from embedserve.session import ModelRunner, ProviderReport, open_models
-from embedserve.tokenization import DIRECTIONS, TextTokenizer, TokenBatch, use_tokenizer_threads
+from embedserve.tokenization import DIRECTIONS, TextTokenizer, Token, TokenBatch, use_tokenizer_threads
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,25 @@ class Engine:
             raise InputError(
                 f"unknown prompt_name {prompt_name!r}; this model's prompts: {known}", param="prompt_name"
             ) from None
+
+    def explain_tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, prompt_name: str | None = None
+    ) -> list[list[Token]]:
+        """Each text's tokens with their ids, texts and offsets (TEI's ``/tokenize``), as the model sees them.
+
+        Raises:
+            InputError: ``prompt_name`` is not one of the model's prompts.
+        """
+        prompt = self.prompt(prompt_name)  # the model's default prompt when none is named, as when embedding
+        return self.tokenizer.explain(texts, add_special_tokens=add_special_tokens, prompt=prompt)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """The text of token ids (TEI's ``/decode``).
+
+        Raises:
+            InputError: an id outside the vocabulary.
+        """
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def tokenize(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> TokenBatch:
         """Tokenize ``texts`` (no padding), in one batch encoding (on ``tokenizer_threads`` Rust threads).

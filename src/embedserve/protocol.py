@@ -49,6 +49,9 @@ class EmbedRequest:
     options: EmbedOptions = DEFAULT_OPTIONS
     encoding_format: str = "float"
     model: str | None = None
+    #: ``"embed"``, or ``"similarity"``: the first text is TEI's source sentence, the response its cosine
+    #: similarity to each of the others.
+    kind: str = "embed"
 
 
 def _require_object(body: Any) -> Mapping[str, Any]:
@@ -156,24 +159,135 @@ def parse_openai(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
     )
 
 
-def parse_tei(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
-    """Validate a TEI ``/embed`` request body."""
-    body = _require_object(body)
+def _direction(body: Mapping[str, Any]) -> str:
     direction = body.get("truncation_direction") or "right"
     if not isinstance(direction, str) or direction.lower() not in DIRECTIONS:
         raise InputError(
             f"'truncation_direction' must be Right or Left, got {direction!r}", param="truncation_direction"
         )
+    return direction.lower()
+
+
+def parse_tei(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+    """Validate a TEI ``/embed`` request body."""
+    body = _require_object(body)
+    direction = _direction(body)
     return EmbedRequest(
         texts=parse_texts(body.get("inputs"), limits, param="inputs"),
         options=EmbedOptions(
             normalize=_optional_bool(body, "normalize", True),
             truncate=bool(_optional_bool(body, "truncate", True)),
-            direction=direction.lower(),
+            direction=direction,
             prompt_name=_optional_str(body, "prompt_name"),
             dimensions=_dimensions(body, dimension),
         ),
     )
+
+
+def is_similarity(body: Any) -> bool:
+    """Whether a TEI body asks for sentence similarity (``inputs`` is an object), as on TEI's ``POST /``."""
+    return isinstance(body, Mapping) and isinstance(body.get("inputs"), Mapping)
+
+
+def parse_tei_similarity(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+    """Validate a TEI ``/similarity`` body: ``{"inputs": {"source_sentence": str, "sentences": [str, ...]},
+    "parameters": {"truncate", "truncation_direction", "prompt_name"}}`` (what ``InferenceClient.sentence_similarity``
+    sends). ``max_inputs`` counts the source sentence too."""
+    body = _require_object(body)
+    inputs = body.get("inputs")
+    if not isinstance(inputs, Mapping):
+        raise InputError("'inputs' must be an object with 'source_sentence' and 'sentences'", param="inputs")
+    source = inputs.get("source_sentence")
+    if not isinstance(source, str):
+        raise InputError(
+            f"'inputs.source_sentence' must be a string, got {type(source).__name__}", param="inputs.source_sentence"
+        )
+    sentences = inputs.get("sentences")
+    if isinstance(sentences, list) and len(sentences) + 1 > limits.max_inputs:
+        raise PayloadTooLargeError(
+            f"'inputs.sentences' has {len(sentences)} items, {len(sentences) + 1} texts with the source sentence; "
+            f"the limit is max_inputs={limits.max_inputs}",
+            param="inputs.sentences",
+            limit_name="max_inputs",
+            limit=limits.max_inputs,
+        )
+    if not isinstance(sentences, list):
+        raise InputError(
+            f"'inputs.sentences' must be a list of strings, got {type(sentences).__name__}", param="inputs.sentences"
+        )
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", param="parameters")
+    texts = parse_texts(source, limits, param="inputs.source_sentence") + parse_texts(
+        sentences, limits, param="inputs.sentences"
+    )
+    return EmbedRequest(
+        texts=texts,
+        options=EmbedOptions(
+            normalize=True,
+            truncate=bool(_optional_bool(parameters, "truncate", True)),
+            direction=_direction(parameters),
+            prompt_name=_optional_str(parameters, "prompt_name"),
+        ),
+        kind="similarity",
+    )
+
+
+def similarity_scores(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the first (unit) vector to each of the others."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors[1:] @ vectors[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeRequest:
+    """TEI ``/tokenize``: texts, whether to add the special tokens, the prompt to prepend."""
+
+    texts: list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+def parse_tei_tokenize(body: Any, limits: Limits) -> TokenizeRequest:
+    """Validate a TEI ``/tokenize`` body: ``{"inputs": str | [str], "add_special_tokens": bool, "prompt_name"}``."""
+    body = _require_object(body)
+    return TokenizeRequest(
+        texts=parse_texts(body.get("inputs"), limits, param="inputs"),
+        add_special_tokens=bool(_optional_bool(body, "add_special_tokens", True)),
+        prompt_name=_optional_str(body, "prompt_name"),
+    )
+
+
+def tokens_payload(explained: list[list[Any]]) -> list[list[dict[str, Any]]]:
+    """TEI's ``/tokenize`` response: per text, its tokens' ``id``, ``text``, ``special``, ``start``, ``stop``."""
+    return [
+        [{"id": t.id, "text": t.text, "special": t.special, "start": t.start, "stop": t.stop} for t in tokens]
+        for tokens in explained
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeRequest:
+    """TEI ``/decode``: token ids, and whether to drop the special tokens."""
+
+    ids: list[int]
+    skip_special_tokens: bool = True
+
+
+def parse_tei_decode(body: Any) -> DecodeRequest:
+    """Validate a TEI ``/decode`` body: ``{"ids": [int, ...], "skip_special_tokens": bool}``."""
+    body = _require_object(body)
+    ids = body.get("ids")
+    if ids is None:
+        raise InputError("'ids' is required", param="ids")
+    if not isinstance(ids, list):
+        raise InputError(f"'ids' must be a list of token ids, got {type(ids).__name__}", param="ids")
+    if not ids:
+        raise EmptyInputError("'ids' must not be an empty list", param="ids")
+    for i, token_id in enumerate(ids):
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise InputError(f"'ids[{i}]' must be an integer, got {type(token_id).__name__}", param="ids")
+    return DecodeRequest(ids=ids, skip_special_tokens=bool(_optional_bool(body, "skip_special_tokens", True)))
 
 
 def encode_base64(vector: np.ndarray) -> str:
@@ -284,9 +398,31 @@ OPENAI = WireFormat(
     ),
     error_body=_openai_error_body,
 )
+
+
+def _tei_respond(request: EmbedRequest, result: EmbedResult, model: str) -> Any:
+    return similarity_scores(result.vectors) if request.kind == "similarity" else result.vectors
+
+
 TEI = WireFormat(
     "tei",
     parse=lambda body, limits, dimension: parse_tei(body, limits, dimension=dimension),
-    respond=lambda request, result, model: result.vectors,
+    respond=_tei_respond,
+    error_body=_tei_error_body,
+)
+TEI_SIMILARITY = WireFormat(
+    "tei-similarity",
+    parse=lambda body, limits, dimension: parse_tei_similarity(body, limits, dimension=dimension),
+    respond=_tei_respond,
+    error_body=_tei_error_body,
+)
+#: TEI's ``POST /``: embeddings, or sentence similarity when ``inputs`` is an object (InferenceClient posts every
+#: task to the endpoint URL itself).
+TEI_COMPAT = WireFormat(
+    "tei-compat",
+    parse=lambda body, limits, dimension: (parse_tei_similarity if is_similarity(body) else parse_tei)(
+        body, limits, dimension=dimension
+    ),
+    respond=_tei_respond,
     error_body=_tei_error_body,
 )

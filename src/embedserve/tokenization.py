@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from embedserve.errors import ArtifactError, InputTooLongError
+from embedserve.errors import ArtifactError, InputError, InputTooLongError
 
 DIRECTIONS = ("right", "left")
 
@@ -147,6 +147,18 @@ class TokenBatch:
         return {"input_ids": ids, "attention_mask": mask.astype(np.int64), "token_type_ids": type_ids}
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One token as TEI's ``/tokenize`` describes it (``start``/``stop``: UTF-8 byte offsets, ``None`` for a
+    special token)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
 class TextTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` with sentence-transformers' truncation, our padding and the prompts.
 
@@ -182,6 +194,52 @@ class TextTokenizer:
                 length -= 1
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._by_direction["right"].get_vocab_size(with_added_tokens=True)
+
+    def explain(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, prompt: str | None = None
+    ) -> list[list[Token]]:
+        """Each text's tokens as the model sees them (truncated at max_seq_length), with TEI's fields: id, the text
+        it covers (the token itself for a special token), and UTF-8 byte offsets into the text (prompt included)."""
+        full = [prompt + t for t in texts] if prompt else list(texts)
+        encodings = self._by_direction["right"].encode_batch(full, add_special_tokens=add_special_tokens)
+        explained = []
+        for text, encoding in zip(full, encodings, strict=True):
+            ascii_only = text.isascii()
+            tokens = []
+            for token_id, token, special, (start, stop) in zip(
+                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets, strict=True
+            ):
+                if special:
+                    tokens.append(Token(id=token_id, text=token, special=True, start=None, stop=None))
+                    continue
+                piece = text[start:stop]
+                if not ascii_only:  # character offsets -> byte offsets, as TEI reports them
+                    start = len(text[:start].encode("utf-8"))
+                    stop = start + len(piece.encode("utf-8"))
+                tokens.append(Token(id=token_id, text=piece, special=False, start=start, stop=stop))
+            explained.append(tokens)
+        return explained
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """The text of token ids.
+
+        Raises:
+            InputError: an id outside the vocabulary (the message names it and the vocabulary size).
+        """
+        size = self.vocab_size
+        for i, token_id in enumerate(ids):
+            if not 0 <= token_id < size:
+                raise InputError(
+                    f"'ids[{i}]' is {token_id}, outside this model's vocabulary of {size} tokens (0..{size - 1})",
+                    param="ids",
+                    limit_name="vocab_size",
+                    limit=size,
+                )
+        return self._by_direction["right"].decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def encode(self, texts: Sequence[str], *, direction: str = "right", prompt: str | None = None) -> TokenBatch:
         """Tokenize texts (no padding), truncating at max_seq_length.

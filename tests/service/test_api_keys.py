@@ -14,6 +14,9 @@ GUARDED = [  # method, path, body, shape of the error body (OpenAI routes under 
     ("POST", "/embed", {"inputs": "hello"}, "tei"),
     ("POST", "/", {"inputs": "hello"}, "tei"),
     ("GET", "/info", None, "tei"),
+    ("POST", "/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"]}}, "tei"),
+    ("POST", "/tokenize", {"inputs": "hello"}, "tei"),
+    ("POST", "/decode", {"ids": [101, 7592, 102]}, "tei"),
     ("POST", "/v2/nothing", {}, "tei"),  # unknown routes too: without a key nothing about the routes is told
 ]
 PUBLIC = ["/livez", "/readyz", "/healthz", "/health", "/metrics"]

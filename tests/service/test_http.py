@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -65,6 +66,81 @@ def test_info_reports_model_limits_providers_and_parity(url, manifest):
     assert parity["passed"] is True
     assert parity["artifacts"]["cpu"]["cosine_min"] == manifest["parity"]["artifacts"]["cpu"]["metrics"]["cosine_min"]
     assert info["versions"]["serving"]["onnxruntime"] and info["versions"]["export"]["torch"]
+
+
+def test_info_has_teis_keys_and_models_have_created(url):
+    info = httpx.get(f"{url}/info", timeout=10).json()
+    assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["model_dtype"] == "int8" and len(info["model_sha"]) == 64
+    assert info["max_input_length"] == 256 and info["max_client_batch_size"] == 2048
+    assert info["max_batch_tokens"] == info["limits"]["max_batch_tokens"] and info["auto_truncate"] is True
+    assert info["version"] == info["versions"]["serving"]["embedserve"]
+    for key in ("max_concurrent_requests", "tokenization_workers"):
+        assert isinstance(info[key], int), key
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()
+    (model,) = models["data"]
+    assert model["id"] == info["model_id"] and model["object"] == "model" and model["owned_by"] == "embedserve"
+    assert isinstance(model["created"], int) and 1_600_000_000 < model["created"] <= time.time()
+
+
+def test_tei_similarity_on_its_route_and_on_post_root(url):
+    source = "how do I reset my router?"
+    sentences = ["steps to reset a router", "bananas are rich in potassium", source]
+    body = {"inputs": {"source_sentence": source, "sentences": sentences}}
+    scores = post(url, "/similarity", body).json()
+    assert len(scores) == 3 and scores[0] > scores[1] and scores[2] == pytest.approx(1.0, abs=1e-3)
+    vectors = np.array(post(url, "/embed", {"inputs": [source, *sentences]}).json())
+    np.testing.assert_allclose(scores, vectors[1:] @ vectors[0], atol=1e-5)  # same texts, same batch
+    assert post(url, "/", {**body, "parameters": {"truncate": True}}).json() == pytest.approx(scores, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"inputs": {"source_sentence": "s", "sentences": []}}, 400, "empty list"),
+        ({"inputs": {"source_sentence": "s", "sentences": ["a"] * 2048}}, 413, "max_inputs=2048"),
+        ({"inputs": {"source_sentence": 3, "sentences": ["a"]}}, 422, "'inputs.source_sentence' must be a string"),
+        ({"inputs": "s"}, 422, "'inputs' must be an object"),
+    ],
+)
+def test_tei_similarity_bad_input_is_a_clear_4xx(url, body, status, fragment):
+    response = post(url, "/similarity", body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"] and response.json()["error_type"] in ("Validation", "Empty")
+
+
+def test_tei_tokenize_and_decode(url):
+    tokens = post(url, "/tokenize", {"inputs": ["Héllo routers", "x"]}).json()
+    assert [[t["id"] for t in text] for text in tokens] == [[101, 7592, 2799, 2869, 102], [101, 1060, 102]]
+    cls, hello, route, suffix, _ = tokens[0]
+    assert cls == {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}
+    assert hello == {"id": 7592, "text": "Héllo", "special": False, "start": 0, "stop": 6}  # UTF-8 byte offsets
+    assert (route["text"], route["start"], suffix["text"], suffix["stop"]) == ("route", 7, "rs", 14)
+    bare = post(url, "/tokenize", {"inputs": "routers", "add_special_tokens": False}).json()
+    assert [t["id"] for t in bare[0]] == [2799, 2869]
+    assert post(url, "/decode", {"ids": [101, 7592, 2799, 2869, 102]}).json() == "hello routers"
+    assert post(url, "/decode", {"ids": [101, 7592], "skip_special_tokens": False}).json() == "[CLS] hello"
+    long = post(url, "/tokenize", {"inputs": "word " * 400}).json()[0]
+    assert len(long) == 256  # as the model sees it: truncated at max_input_length
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/decode", {"ids": [101, 30522]}, 422, "outside this model's vocabulary of 30522 tokens"),
+        ("/decode", {"ids": []}, 400, "empty list"),
+        ("/decode", {"ids": ["a"]}, 422, "'ids[0]' must be an integer"),
+        ("/decode", {}, 422, "'ids' is required"),
+        ("/tokenize", {"inputs": []}, 400, "empty list"),
+        ("/tokenize", {"inputs": "a", "prompt_name": "query"}, 422, "unknown prompt_name 'query'"),
+        ("/tokenize", {"inputs": ["a"] * 2049}, 413, "max_inputs=2048"),
+    ],
+)
+def test_tei_tokenize_and_decode_bad_input(url, path, body, status, fragment):
+    response = post(url, path, body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]
 
 
 def test_openai_float_and_base64(url, reference, manifest):

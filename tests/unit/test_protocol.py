@@ -128,3 +128,50 @@ def test_authentication_errors_are_401_in_each_protocols_shape():
         "error": {"message": "no key", "type": "invalid_request_error", "param": None, "code": "missing_api_key"}
     }
     assert TEI.error_body(error) == {"error": "no key", "error_type": "Unauthorized"}
+
+
+def test_similarity_request_and_scores():
+    from embedserve.protocol import TEI_COMPAT, parse_tei_similarity, similarity_scores
+
+    body = {"inputs": {"source_sentence": "src", "sentences": ["a", "b"]}, "parameters": {"truncate": False}}
+    req = parse_tei_similarity(body, LIMITS, dimension=8)
+    assert req.texts == ["src", "a", "b"] and req.kind == "similarity"
+    assert req.options.normalize is True and req.options.truncate is False
+    assert TEI_COMPAT.parse(body, LIMITS, 8).kind == "similarity"  # TEI's POST / dispatches on the shape
+    assert TEI_COMPAT.parse({"inputs": ["a"]}, LIMITS, 8).kind == "embed"
+    unit = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    np.testing.assert_allclose(similarity_scores(unit), [1.0, 0.0, 0.6], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error", "fragment"),
+    [
+        ("text", InputError, "'inputs' must be an object"),
+        ({"sentences": ["a"]}, InputError, "'inputs.source_sentence' must be a string"),
+        ({"source_sentence": "s"}, InputError, "'inputs.sentences' must be a list of strings"),
+        ({"source_sentence": "s", "sentences": []}, EmptyInputError, "empty list"),
+        ({"source_sentence": "", "sentences": ["a"]}, EmptyInputError, "empty string"),
+        ({"source_sentence": "s", "sentences": ["a", 3]}, InputError, "'inputs.sentences[1]' must be a string"),
+        ({"source_sentence": "s", "sentences": ["a", "b", "c"]}, PayloadTooLargeError, "max_inputs=3"),
+    ],
+)
+def test_similarity_rejects(inputs, error, fragment):
+    from embedserve.protocol import parse_tei_similarity
+
+    with pytest.raises(error) as info:
+        parse_tei_similarity({"inputs": inputs}, LIMITS, dimension=8)
+    assert fragment in str(info.value)
+
+
+def test_tokenize_and_decode_requests():
+    from embedserve.protocol import parse_tei_decode, parse_tei_tokenize
+
+    req = parse_tei_tokenize({"inputs": "a", "add_special_tokens": False}, LIMITS)
+    assert req.texts == ["a"] and req.add_special_tokens is False and req.prompt_name is None
+    assert parse_tei_decode({"ids": [1, 2]}).skip_special_tokens is True
+    for body, fragment in (({"ids": [True]}, "'ids[0]' must be an integer"), ({"ids": 5}, "list of token ids")):
+        with pytest.raises(InputError) as info:
+            parse_tei_decode(body)
+        assert fragment in str(info.value)
+    with pytest.raises(PayloadTooLargeError, match="max_inputs=3"):
+        parse_tei_tokenize({"inputs": ["a"] * 4}, LIMITS)

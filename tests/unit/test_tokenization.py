@@ -99,3 +99,26 @@ def test_prompt_is_prepended_and_measured(tokenizer):
 def test_missing_tokenizer_file(tmp_path):
     with pytest.raises(ArtifactError, match="tokenizer"):
         TextTokenizer(tmp_path / "tokenizer.json", max_seq_length=8, pad_id=0)
+
+
+def test_explain_gives_teis_token_fields_with_byte_offsets(tokenizer):
+    (tokens,) = tokenizer.explain(["naïve café"])
+    assert tokens[0].special and tokens[0].text == "[CLS]" and tokens[0].start is None
+    assert tokens[-1].special and tokens[-1].text == "[SEP]"
+    text = "naïve café".encode()
+    for token in tokens[1:-1]:
+        assert not token.special
+        assert text[token.start : token.stop].decode() == token.text  # offsets index the UTF-8 bytes
+    (prompted,) = tokenizer.explain(["café"], add_special_tokens=False, prompt="query: ")
+    assert [(t.text, t.start, t.stop) for t in prompted] == [("query", 0, 5), (":", 5, 6), ("café", 7, 12)]
+    assert tokenizer.decode([t.id for t in tokens]) == "naive cafe"
+
+
+def test_decode_refuses_ids_outside_the_vocabulary(tokenizer):
+    from embedserve.errors import InputError
+
+    assert tokenizer.vocab_size == 30522
+    with pytest.raises(InputError, match=r"'ids\[1\]' is 30522, outside this model's vocabulary of 30522 tokens"):
+        tokenizer.decode([101, 30522])
+    with pytest.raises(InputError, match="-1"):
+        tokenizer.decode([-1])
