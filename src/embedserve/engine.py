@@ -24,7 +24,7 @@ import numpy as np
 from embedserve import providers as prov
 from embedserve.artifact import Artifact
 from embedserve.config import RuntimeConfig
-from embedserve.errors import InputError
+from embedserve.errors import InputError, JobAbandoned
 from embedserve.pooling import truncate_dimensions
 from embedserve.scheduler import Pending, Scheduler, plan_batches
 from embedserve.session import ModelRunner, ProviderReport, open_models
@@ -233,19 +233,28 @@ class Engine:
         self.timings.tokenize_s += time.perf_counter() - started
         return tokens
 
-    def compute(self, tokens: TokenBatch) -> np.ndarray:
+    def compute(self, tokens: TokenBatch, *, abandoned: Callable[[], bool] | None = None) -> np.ndarray:
         """Run the model on tokenized texts: sorted by length, cut into batches, restored to input order.
+
+        Args:
+            tokens: the texts, tokenized.
+            abandoned: asked before each batch; when it answers True the rest is not run.
 
         Returns:
             ``(len(tokens), dimension)`` float32 vectors *before* the model's final normalisation.
+
+        Raises:
+            JobAbandoned: ``abandoned()`` answered True.
         """
         model = self._free_models.get()  # a session of its own: calls in other threads use the others
         try:
-            return self._compute_on(model, tokens)
+            return self._compute_on(model, tokens, abandoned)
         finally:
             self._free_models.put(model)
 
-    def _compute_on(self, model: ModelRunner, tokens: TokenBatch) -> np.ndarray:
+    def _compute_on(
+        self, model: ModelRunner, tokens: TokenBatch, abandoned: Callable[[], bool] | None = None
+    ) -> np.ndarray:
         out = np.empty((len(tokens), self.dimension), dtype=np.float32)
         shape, head, timings = self.shape, self.head, self.timings
         for index in plan_batches(
@@ -254,6 +263,8 @@ class Engine:
             max_batch_tokens=shape.max_batch_tokens,
             batch_overhead_tokens=shape.overhead_tokens,
         ):
+            if abandoned is not None and abandoned():
+                raise JobAbandoned(f"every caller went away; {len(tokens)} texts not finished")
             feed = tokens.pad(index, pad_id=self.tokenizer.pad_id, padding_side=self.tokenizer.padding_side)
             prompt_lengths = tokens.prompt_lengths[index]
             started = time.perf_counter()
@@ -398,7 +409,8 @@ class Engine:
         """Inference stage: one job, finished per request."""
         started = time.perf_counter()
         tokens = TokenBatch.concat([p.tokens for p in job])
-        vectors = self.compute(tokens)
+        # a request that timed out is not computed to its end: on a CPU, 2,048 long texts are minutes of work
+        vectors = self.compute(tokens, abandoned=lambda: all(p.abandoned for p in job))
         inference_s = time.perf_counter() - started
         results, start = [], 0
         for pending in job:

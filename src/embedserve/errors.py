@@ -82,6 +82,10 @@ class OverloadedError(EmbedServeError):
         self.retry_after_s = retry_after_s
 
 
+class JobAbandoned(EmbedServeError):
+    """Every caller of an inference job went away (timed out or cancelled): the rest of its batches are not run."""
+
+
 class ArtifactError(EmbedServeError):
     """An exported artifact is missing, incomplete, corrupt or of an unknown format."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedserve.errors import OverloadedError
+from embedserve.errors import JobAbandoned, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +358,11 @@ class Scheduler:
         self._release(sum(len(p.texts) for p in job))
         try:
             results = self._infer(job)
+        except JobAbandoned:  # every caller went away (their futures are done): nobody to tell
+            with self._stats_lock:
+                self.stats.abandoned += len(job)
+            log.info("inference job of %d requests stopped: every caller went away", len(job))
+            return
         except Exception as exc:  # fail every waiter of this job, with the cause
             with self._stats_lock:
                 self.stats.failed_jobs += 1

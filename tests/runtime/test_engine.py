@@ -9,6 +9,7 @@ import pytest
 
 from embedserve import EmbedOptions, Engine, InputTooLongError, OverloadedError, RuntimeConfig
 from embedserve.providers import CPU
+from embedserve.scheduler import plan_batches
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +100,38 @@ def test_the_queue_bound_is_enforced(minilm_artifact):
         assert engine.queued_texts == 0
     finally:
         engine.close()
+
+
+def test_a_timed_out_request_is_not_computed_to_its_end(fp32):
+    """A request whose caller went away (BentoML's timeout cancels the handler) stops between batches instead of
+    running the rest of its job (2,048 long texts are minutes of work on a CPU)."""
+    from embedserve.errors import JobAbandoned
+
+    sample = texts(512, seed=3)
+    tokens = fp32.tokenize(sample)
+    before = fp32.timings.batches
+    calls = iter([False, True])
+    with pytest.raises(JobAbandoned):
+        fp32.compute(tokens, abandoned=lambda: next(calls))
+    assert fp32.timings.batches - before == 1  # one batch ran, then the job stopped
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(fp32.submit(sample), timeout=0.3)
+        await asyncio.sleep(1.0)  # the stage notices at its next batch
+        return await fp32.submit(["after the timeout"])
+
+    before = fp32.timings.batches
+    abandoned = fp32.scheduler.stats.abandoned
+    assert asyncio.run(main()).vectors.shape == (1, 384)
+    assert fp32.scheduler.stats.abandoned == abandoned + 1
+    shape = fp32.shape
+    full = len(
+        plan_batches(
+            tokens.lengths,
+            max_batch_size=shape.max_batch_size,
+            max_batch_tokens=shape.max_batch_tokens,
+            batch_overhead_tokens=shape.overhead_tokens,
+        )
+    )
+    assert full >= 16 and fp32.timings.batches - before < full  # the job's batches (and the last request's one)

@@ -229,3 +229,33 @@ def test_batch_wait_collects_a_fuller_job():
     asyncio.run(main())
     assert model.jobs == [5]
     scheduler.close()
+
+
+def test_a_job_whose_callers_all_left_stops_quietly_and_the_stage_goes_on():
+    """The engine raises JobAbandoned between batches once every caller of the job went away (a timeout): counted
+    as abandoned, not as a failed job, and the next request is served."""
+    from embedserve.errors import JobAbandoned
+
+    model = FakeModel()
+    infer = model.infer
+
+    def infer_or_stop(job):
+        model.gate.wait(5)  # the job is running (its first batch) when its caller leaves
+        if all(p.abandoned for p in job):
+            raise JobAbandoned("every caller went away")
+        return infer(job)
+
+    model.gate.clear()
+    scheduler = Scheduler(model.tokenize, infer_or_stop, max_queue_texts=100, max_job_texts=32)
+
+    async def main():
+        doomed = asyncio.ensure_future(scheduler.submit(["1", "2"], None))
+        await asyncio.sleep(0.02)
+        doomed.cancel()  # as BentoML's timeout cancels the handler
+        await asyncio.sleep(0.02)
+        model.gate.set()
+        return await scheduler.submit(["3"], None)
+
+    assert asyncio.run(main())[0, 0] == 3
+    assert scheduler.stats.abandoned == 1 and scheduler.stats.failed_jobs == 0
+    scheduler.close()
