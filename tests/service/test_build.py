@@ -20,7 +20,7 @@ def run_build(name: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "export", "build", "--name", name, *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])},  # this checkout's library
         capture_output=True,
         text=True,
         timeout=900,
