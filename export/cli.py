@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_PARITY = 3
 EXIT_UNSUPPORTED = 4
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_export_options(run: argparse.ArgumentParser) -> None:
-    from export.config import GPU_PRECISIONS, OPTIMIZATION_LEVELS, QUANTIZATION_PRESETS
+    from export.config import CPU_GRAPH_CHOICES, GPU_PRECISIONS, OPTIMIZATION_LEVELS, QUANTIZATION_PRESETS
 
     run.add_argument(
         "--model", help="hub id or local sentence-transformers directory (default: packaged all-MiniLM-L6-v2)"
@@ -76,10 +77,38 @@ def _add_export_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--gpu-precision", default="fp16", choices=GPU_PRECISIONS, help="GPU artifact: fp16 (O4, default) or fp32"
     )
-    run.add_argument("--quantization", default="auto", choices=QUANTIZATION_PRESETS, help="int8 preset")
+    run.add_argument(
+        "--cpu-graph",
+        default="auto",
+        choices=CPU_GRAPH_CHOICES,
+        help="CPU graph: auto (fastest of per-token int8 / fp32 meeting --quality on this machine), per-token, fp32, "
+        "or dynamic (fastest int8, but a vector depends on its batch mates)",
+    )
+    run.add_argument(
+        "--quality",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="CPU graph quality target on the probe corpus, e.g. cosine_min=0.99 (repeatable; 'none' disables one)",
+    )
+    run.add_argument(
+        "--verify-corpus",
+        type=Path,
+        help="verification corpus JSON, never used for choosing (default: export/verify_corpus.json)",
+    )
+    run.add_argument("--quantization", default="auto", choices=QUANTIZATION_PRESETS, help="dynamic int8 preset")
     run.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (measured unusable on MiniLM)")
     run.add_argument("--no-register", action="store_true", help="do not save into the BentoML model store")
     run.add_argument("--trust-remote-code", action="store_true", help="allow custom model code")
+
+
+def _quality(specs: list[str]) -> Any:
+    from export.cpu_graph import QualityTarget
+
+    target = QualityTarget()
+    for spec in specs:
+        target = target.with_override(spec)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             gpu_precision=args.gpu_precision,
             quantization=args.quantization,
             per_channel=not args.per_tensor,
+            cpu_graph=args.cpu_graph,
+            quality=_quality(args.quality),
             thresholds=thresholds,
             register=not args.no_register,
             corpus=args.corpus,
+            verify_corpus=args.verify_corpus,
             trust_remote_code=args.trust_remote_code,
         )
         if args.command == "build":

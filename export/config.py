@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.cpu_graph import CHOICES as CPU_GRAPH_CHOICES
+from export.cpu_graph import QualityTarget
 from export.parity import ParityThresholds
 
 #: Graph optimization levels (Optimum's ``AutoOptimizationConfig``). O4 adds fp16 and is for GPUs only.
@@ -44,11 +46,16 @@ class ExportConfig:
         gpu_precision: ``fp16`` (O4, the default) or ``fp32`` (optimized graph) for the GPU artifact. On an H200
             the fp16 graph ran 1.2-1.5x faster than fp32 in the raw session at every measured shape and matched
             sentence-transformers fp32 at min cosine 0.99999 (``benchmarks/results/bench_gpu.json``).
-        quantization: int8 preset, or ``auto`` from this CPU's flags.
+        quantization: dynamic int8 preset (``cpu_graph="dynamic"``), or ``auto`` from this CPU's flags.
+        cpu_graph: ``auto`` (the fastest of per-token int8 and fp32 that meets ``quality``, measured on this
+            machine), ``per-token``, ``fp32``, or ``dynamic`` (batch-dependent int8, for its speed).
+        quality: what the CPU graph must hold on the probe corpus (``auto`` and ``per-token``).
         per_channel: per-channel weight scales (per-tensor measured min cosine 0.82 on MiniLM: unusable).
         thresholds: parity thresholds (the gate).
         register: save the artifact into the BentoML model store when parity passes.
-        corpus: probe corpus JSON (the packaged one by default).
+        corpus: probe corpus JSON (the packaged one by default): the CPU graph is chosen, and the gate run, on it.
+        verify_corpus: verification corpus JSON (the packaged one by default): the chosen CPU graph is measured on
+            it too, never chosen on it; ``False`` skips it.
         trust_remote_code: passed to sentence-transformers for models with custom code.
     """
 
@@ -60,15 +67,19 @@ class ExportConfig:
     gpu_precision: str = "fp16"
     quantization: str = "auto"
     per_channel: bool = True
+    cpu_graph: str = "auto"
+    quality: QualityTarget = field(default_factory=QualityTarget)
     thresholds: ParityThresholds = field(default_factory=ParityThresholds)
     register: bool = True
     corpus: Path | None = None
+    verify_corpus: Path | bool | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         _choice("optimization level", self.optimization, OPTIMIZATION_LEVELS)
         _choice("GPU precision", self.gpu_precision, GPU_PRECISIONS)
         _choice("quantization preset", self.quantization, QUANTIZATION_PRESETS)
+        _choice("CPU graph", self.cpu_graph, CPU_GRAPH_CHOICES)
         if self.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
             raise ValueError(f"model name {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
 

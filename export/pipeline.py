@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,14 +26,21 @@ from embedserve.artifact import Artifact
 from embedserve.config import RuntimeConfig
 from embedserve.engine import Engine
 from embedserve.providers import CPU, DEFAULT_PREFERENCE
-from export import onnx_export, optimize, pooling_graph, quantize, source, store
+from export import cpu_graph, onnx_export, optimize, pooling_graph, quantize, source, store
 from export.config import ExportConfig
 from export.manifest import build_manifest, read_manifest, write_manifest
-from export.parity import ParityError, ParityThresholds, ProbeCorpus, evaluate, format_table
+from export.parity import (
+    VERIFY_CORPUS,
+    ParityError,
+    ParityThresholds,
+    ProbeCorpus,
+    evaluate,
+    format_table,
+    threshold_key,
+)
 
 log = logging.getLogger(__name__)
 
-CPU_GRAPH = "model_cpu_int8.onnx"
 MIXED_BATCH = 16
 MIXED_SEED = 20261125
 GPU_GRAPHS = {"fp32": "model_gpu_fp32.onnx", "fp16": "model_gpu_fp16.onnx"}
@@ -121,7 +128,7 @@ def run_parity(
                 reference=reference,
                 candidates=candidates,
                 corpus=corpus,
-                thresholds=thresholds.for_precision(precision),
+                thresholds=thresholds.for_precision(threshold_key(artifact.graphs[role].details)),
             )
         except ParityError as exc:
             reports[role] = dict(exc.report)
@@ -194,6 +201,12 @@ def _replace_dir(built: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _target(config: ExportConfig) -> str:
+    if config.cpu_graph not in ("auto", "per-token"):
+        return "not applied"
+    return ", ".join(f"{k}>={v}" for k, v in asdict(config.quality).items() if v is not None) or "none"
+
+
 def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> ExportResult:
     """Run the whole export stage.
 
@@ -230,37 +243,56 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 gpu_source, gpu_level = optimized, config.optimization
             optimize.copy_graph(gpu_source, artifact_dir / GPU_GRAPHS[config.gpu_precision])
         preset = quantize.detect_preset() if config.quantization == "auto" else config.quantization
-        with progress.step(
-            f"Quantizing to dynamic int8 ({preset}, {'per-channel' if config.per_channel else 'per-tensor'})"
-        ):
-            _, quant_settings = quantize.quantize(
-                optimized, artifact_dir / CPU_GRAPH, preset, per_channel=config.per_channel
+        # After optimization, so that the optimizer never sees these nodes (the CPU graph gets them when it is built).
+        with progress.step(f"Adding the pooled output ({'+'.join(pipeline.head.pooling)}) to the GPU graph"):
+            pooling_graph.add_pooled_output(
+                artifact_dir / GPU_GRAPHS[config.gpu_precision],
+                pooling=pipeline.head.pooling,
+                padding_side=pipeline.padding_side,
             )
-        # After optimization and quantization, so that neither the optimizer nor the quantizer sees these nodes.
-        with progress.step(f"Adding the pooled output ({'+'.join(pipeline.head.pooling)}) to every graph"):
-            for name in (GPU_GRAPHS[config.gpu_precision], CPU_GRAPH):
-                pooling_graph.add_pooled_output(
-                    artifact_dir / name, pooling=pipeline.head.pooling, padding_side=pipeline.padding_side
-                )
-        with progress.step("Writing the tokenizer, head weights and manifest"):
-            source.save_tokenizer(st_model, artifact_dir / "tokenizer.json")
-            pipeline.head.save_weights(artifact_dir)
+        source.save_tokenizer(st_model, artifact_dir / "tokenizer.json")
+        pipeline.head.save_weights(artifact_dir)
+        model_section = {
+            **pipeline.head.to_manifest(),
+            "dimension": pipeline.dimension,
+            "hidden_size": pipeline.hidden_size,
+            "max_seq_length": pipeline.max_seq_length,
+            "modules": list(pipeline.modules),
+        }
+        tokenizer_section = {
+            "file": "tokenizer.json",
+            "max_seq_length": pipeline.max_seq_length,
+            "pad_id": pipeline.pad_id,
+            "padding_side": pipeline.padding_side,
+        }
+        corpus = ProbeCorpus.load(config.corpus)
+        reference = reference_vectors(st_model, corpus)
+        verification = None
+        if config.verify_corpus is not False and config.cpu_graph in ("auto", "per-token"):
+            verify = ProbeCorpus.load(config.verify_corpus or VERIFY_CORPUS)
+            verification = (verify, reference_vectors(st_model, verify))
+        with progress.step(f"Choosing the CPU graph ({config.cpu_graph}; quality target {_target(config)})"):
+            cpu_entry, selection = cpu_graph.choose_cpu_graph(
+                choice=config.cpu_graph,
+                optimized=optimized,
+                artifact_dir=artifact_dir,
+                manifest={"model": model_section, "tokenizer": tokenizer_section, "format_version": 1},
+                evaluator_inputs=(corpus, reference),
+                verification_inputs=verification,
+                pooling=pipeline.head.pooling,
+                padding_side=pipeline.padding_side,
+                target=config.quality,
+                preset=preset,
+                per_channel=config.per_channel,
+                scratch=work / "cpu-candidates",
+                say=progress.say,
+            )
+        with progress.step("Writing the manifest"):
             draft = build_manifest(
                 name=config.model_name,
                 source=src.as_dict(),
-                model={
-                    **pipeline.head.to_manifest(),
-                    "dimension": pipeline.dimension,
-                    "hidden_size": pipeline.hidden_size,
-                    "max_seq_length": pipeline.max_seq_length,
-                    "modules": list(pipeline.modules),
-                },
-                tokenizer={
-                    "file": "tokenizer.json",
-                    "max_seq_length": pipeline.max_seq_length,
-                    "pad_id": pipeline.pad_id,
-                    "padding_side": pipeline.padding_side,
-                },
+                model=model_section,
+                tokenizer=tokenizer_section,
                 artifacts={
                     "gpu": {
                         "file": GPU_GRAPHS[config.gpu_precision],
@@ -271,10 +303,8 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                         "for": "TensorRT / CUDA execution providers",
                     },
                     "cpu": {
-                        "file": CPU_GRAPH,
-                        "precision": "int8",
+                        **cpu_entry,
                         "optimization": config.optimization,
-                        "quantization": quant_settings,
                         "opset": opset,
                         "pooled_output": pooling_graph.POOLED_OUTPUT,
                         "for": "CPU execution provider",
@@ -283,6 +313,8 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 settings={
                     "optimization": config.optimization,
                     "gpu_precision": config.gpu_precision,
+                    "cpu_graph": config.cpu_graph,
+                    "quality_target": selection["target"],
                     "quantization": preset,
                     "per_channel": config.per_channel,
                     "task": "feature-extraction",
@@ -290,11 +322,10 @@ def export_model(config: ExportConfig, *, stream: TextIO | None = None) -> Expor
                 },
                 directory=artifact_dir,
             )
+            draft["cpu_selection"] = selection
             write_manifest(artifact_dir, draft)
         with progress.step("Parity gate against sentence-transformers"):
-            corpus = ProbeCorpus.load(config.corpus)
             progress.say(f"    probe corpus: {len(corpus.texts)} texts ({corpus.summary()['path']})")
-            reference = reference_vectors(st_model, corpus)
             try:
                 parity = run_parity(artifact_dir, reference, corpus, config.thresholds, say=progress.say)
             except ParityError as exc:

@@ -17,8 +17,9 @@ from embedserve.pooling import pool
 from embedserve.tokenization import TextTokenizer
 from export import store
 from export.config import ExportConfig
+from export.cpu_graph import CPU_GRAPHS
 from export.parity import ParityError, ParityThresholds
-from export.pipeline import CPU_GRAPH, GPU_GRAPHS, export_model, recheck
+from export.pipeline import GPU_GRAPHS, export_model, recheck
 from export.pooling_graph import POOLED_OUTPUT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,21 +78,38 @@ def check_pooled_outputs(artifact_dir: Path) -> None:
         np.testing.assert_allclose(pooled, expected, atol=1e-5, rtol=1e-5, err_msg=role)
 
 
+AUTO_VARIANT = "mean-normalize"
+
+
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def exported(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(request.param)
     source = build_tiny_model(work / "source", seed=len(request.param), **VARIANTS[request.param])
     name = f"tiny-{request.param}"
-    result = export_model(ExportConfig(model=str(source), name=name, output=work / "artifact", gpu_precision="fp32"))
+    # One variant takes the default (auto: per-token int8 and fp32 built, measured and the fastest meeting the
+    # quality target kept); the others ask for per-token int8 by name (their subject is pooling, not the choice).
+    cpu_graph = "auto" if request.param == AUTO_VARIANT else "per-token"
+    result = export_model(
+        ExportConfig(model=str(source), name=name, output=work / "artifact", gpu_precision="fp32", cpu_graph=cpu_graph)
+    )
     return request.param, source, result
 
 
 def test_artifact_files_manifest_and_store(exported):
-    _, _, result = exported
+    variant, _, result = exported
     manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is True
     assert set(manifest["artifacts"]) == {"cpu", "gpu"}
-    assert manifest["artifacts"]["cpu"]["file"] == CPU_GRAPH and manifest["artifacts"]["cpu"]["precision"] == "int8"
+    cpu = manifest["artifacts"]["cpu"]
+    assert cpu["file"] == CPU_GRAPHS[cpu["precision"]] and cpu["batch_invariant"] is True
+    selection = manifest["cpu_selection"]
+    assert selection["verification"]["quality"]["invariance_min"] >= 0.999  # measured on the verification corpus
+    if variant == AUTO_VARIANT:  # both built and measured; the fastest meeting the quality target kept
+        assert {c["name"] for c in selection["candidates"]} == {"per-token", "fp32"}
+        meeting = [c for c in selection["candidates"] if c["meets_target"]]
+        assert selection["chosen"] == max(meeting, key=lambda c: c["texts_per_s"]["score"])["name"] == cpu["graph"]
+    else:
+        assert selection["chosen"] == cpu["graph"] == "per-token" and cpu["precision"] == "int8"
     assert manifest["artifacts"]["gpu"]["file"] == GPU_GRAPHS["fp32"]
     for name, digest in manifest["files"].items():
         assert (result.artifact_dir / name).is_file(), name
@@ -99,7 +117,7 @@ def test_artifact_files_manifest_and_store(exported):
     assert manifest["source"]["kind"] == "local" and len(manifest["source"]["content_sha256"]) == 64
     for package in ("onnxruntime-gpu", "optimum", "transformers", "sentence-transformers", "onnx", "torch"):
         assert package in manifest["versions"], package
-    assert manifest["artifacts"]["cpu"]["quantization"]["per_channel"] is True
+    assert manifest["settings"]["per_channel"] is True
     for role in ("cpu", "gpu"):
         assert manifest["parity"]["artifacts"][role]["passed"] is True
         assert manifest["artifacts"][role]["pooled_output"] == POOLED_OUTPUT
@@ -173,7 +191,12 @@ def test_parity_failure_registers_nothing(tmp_path, bentoml_home):
     with pytest.raises(ParityError) as info:
         export_model(
             ExportConfig(
-                model=str(source), name="tiny-must-fail", output=output, thresholds=impossible, gpu_precision="fp32"
+                model=str(source),
+                name="tiny-must-fail",
+                output=output,
+                thresholds=impossible,
+                gpu_precision="fp32",
+                cpu_graph="per-token",
             )
         )
     err = info.value
@@ -236,6 +259,8 @@ def test_cli_exit_codes(tmp_path):
         str(tmp_path / "a"),
         "--gpu-precision",
         "fp32",
+        "--cpu-graph",
+        "per-token",
         "--threshold",
         "fp32.cosine_min=1.1",
     )
@@ -244,7 +269,16 @@ def test_cli_exit_codes(tmp_path):
         "cosine_min" in failed.stderr and "threshold 1.1" in failed.stderr and "nothing was registered" in failed.stderr
     )
     ok = _cli(
-        "--model", str(model_dir), "--name", "tiny-cli", "--output", str(tmp_path / "a"), "--gpu-precision", "fp32"
+        "--model",
+        str(model_dir),
+        "--name",
+        "tiny-cli",
+        "--output",
+        str(tmp_path / "a"),
+        "--gpu-precision",
+        "fp32",
+        "--cpu-graph",
+        "per-token",
     )
     assert ok.returncode == 0, ok.stderr
     assert "bentoml model: tiny-cli:" in ok.stdout and "Export finished in" in ok.stdout
@@ -270,3 +304,26 @@ def test_fp16_gpu_artifact(tmp_path):
     assert report["passed"] and report["thresholds"]["cosine_min"] == 0.999
     check_pooled_outputs(result.artifact_dir)  # the O4 graph's pooling runs in float32
     assert result.tag is None
+
+
+def test_dynamic_int8_by_name_keeps_its_own_bar(tmp_path):
+    """``--cpu-graph dynamic``: the old batch-dependent int8 graph, for its speed; gated by ``int8_dynamic``."""
+    source = build_tiny_model(tmp_path / "source", seed=5)
+    result = export_model(
+        ExportConfig(
+            model=str(source),
+            name="tiny-dynamic",
+            output=tmp_path / "artifact",
+            gpu_precision="fp32",
+            cpu_graph="dynamic",
+            register=False,
+        )
+    )
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    cpu = manifest["artifacts"]["cpu"]
+    assert cpu["graph"] == "dynamic" and cpu["precision"] == "int8" and cpu["batch_invariant"] is False
+    assert cpu["quantization"]["per_channel"] is True
+    cpu_parity = manifest["parity"]["artifacts"]["cpu"]
+    dynamic_bar = {k: v for k, v in manifest["parity"]["thresholds"]["int8_dynamic"].items() if v is not None}
+    assert cpu_parity["passed"] and cpu_parity["thresholds"] == dynamic_bar
+    assert manifest["cpu_selection"]["verification"] is None  # nothing was chosen, so nothing to verify
