@@ -64,6 +64,7 @@ def _static(optimized: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="an export (its manifest's kept set)")
+    parser.add_argument("--model", default=None, help="the source model (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--keep", default=None, help="comma-separated MatMul names kept in float (overrides)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per variant, workload and round")
     parser.add_argument("--static-texts", type=int, default=200, help="calibration texts for the static variant")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     try:
-        src = source.resolve_source(manifest["source"].get("model"))
+        src = source.resolve_source(args.model)
         st_model = source.load_sentence_transformer(src)
         pipeline = source.describe_pipeline(st_model, src)
         onnx_export.export_onnx(pipeline.transformer_dir, work / "onnx")
