@@ -144,8 +144,10 @@ def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
 def parse_openai(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
     """Validate an OpenAI ``/v1/embeddings`` request body."""
     body = _require_object(body)
-    encoding_format = body.get("encoding_format") or "float"
-    if encoding_format not in ENCODING_FORMATS:
+    encoding_format = body.get("encoding_format")
+    if encoding_format is None:  # absent or null: OpenAI's default
+        encoding_format = "float"
+    if not isinstance(encoding_format, str) or encoding_format not in ENCODING_FORMATS:
         raise InputError(
             f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {encoding_format!r}",
             param="encoding_format",

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from embedserve import protocol
 from embedserve.config import Limits
-from embedserve.errors import EmptyInputError, InputError, PayloadTooLargeError, TokenIdsError
+from embedserve.errors import EmptyInputError, InputError, MalformedRequestError, PayloadTooLargeError, TokenIdsError
 from embedserve.protocol import dumps, encode_base64, openai_response, parse_openai, parse_tei
 
 LIMITS = Limits(max_inputs=3, max_chars=10)
@@ -43,6 +44,8 @@ def test_tei_defaults():
         ({"input": ["a", "b", "c", "d"]}, PayloadTooLargeError, "max_inputs=3"),
         ({"input": "x" * 11}, PayloadTooLargeError, "max_chars=10"),
         ({"input": "a", "encoding_format": "int8"}, InputError, "encoding_format"),
+        ({"input": "a", "encoding_format": 0}, InputError, "encoding_format"),
+        ({"input": "a", "encoding_format": ""}, InputError, "encoding_format"),
         ({"input": "a", "dimensions": 0}, InputError, "between 1 and 8"),
         ({"input": "a", "dimensions": 9}, InputError, "between 1 and 8"),
         ({"input": "a", "dimensions": True}, InputError, "dimensions"),
@@ -175,3 +178,21 @@ def test_tokenize_and_decode_requests():
         assert fragment in str(info.value)
     with pytest.raises(PayloadTooLargeError, match="max_inputs=3"):
         parse_tei_tokenize({"inputs": ["a"] * 4}, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"input": "x\\ud800y"}', "surrogate"),  # a lone surrogate escape
+        (b'{"input": "x\xed\xa0\x80y"}', "UTF-8"),  # a surrogate's raw bytes
+        (b"[" * 5000 + b"]" * 5000, "depth"),  # nesting far beyond any real request
+        (b'{"input": "a", "dimensions": ' + b"9" * 5000 + b"}", "not valid JSON"),  # an integer of 5,000 digits
+        (b'{"input": "a"', "not valid JSON"),
+        (b"\x1f\x8b\x08\x00", "not valid JSON"),  # a gzip body sent without Content-Encoding
+    ],
+)
+def test_hostile_bodies_are_clear_client_errors(body, words):
+    """Issue 10's 500s (TypeError, RecursionError, ValueError) are 400s naming the problem."""
+    with pytest.raises(MalformedRequestError, match=words) as info:
+        protocol.loads(body)
+    assert protocol.status_for(info.value) == 400
