@@ -78,6 +78,21 @@ TRACING = os.environ.get("EMBEDSERVE_TRACING", "false").strip().lower() in ("1",
 HOT_ROUTES = "/v1/embeddings,/embed,/info,/v1/models,/metrics"
 
 
+def _tei_timing_headers(texts: list[str], result: Any, total_s: float) -> list[tuple[bytes, bytes]]:
+    """TEI's timing headers (whole milliseconds, as TEI sends them), so TEI dashboards and load scripts read them:
+    compute = tokenization + queue + inference of this call; total = from the first byte read to the response."""
+    compute_s = result.tokenize_s + result.queue_s + result.inference_s
+    return [
+        (b"x-compute-time", b"%d" % round(compute_s * 1000)),
+        (b"x-compute-tokens", b"%d" % result.tokens),
+        (b"x-compute-characters", b"%d" % sum(map(len, texts))),
+        (b"x-total-time", b"%d" % round(total_s * 1000)),
+        (b"x-tokenization-time", b"%d" % round(result.tokenize_s * 1000)),
+        (b"x-queue-time", b"%d" % round(result.queue_s * 1000)),
+        (b"x-inference-time", b"%d" % round(result.inference_s * 1000)),
+    ]
+
+
 class ClientGone(Exception):
     """The client disconnected before its request body was read."""
 
@@ -324,6 +339,7 @@ class Embeddings:
                 (b"x-embedserve-queue-ms", b"%.2f" % (result.queue_s * 1000)),
                 (b"x-embedserve-inference-ms", b"%.2f" % (result.inference_s * 1000)),
                 (b"x-embedserve-batch-texts", b"%d" % result.batch_texts),
+                *_tei_timing_headers(req.texts, result, time.perf_counter() - started),
             ]
             return 200, dumps(wire.respond(req, result, self.model_id)), headers
         except EmbedServeError as exc:

@@ -214,6 +214,15 @@ def test_timing_headers(url):
     for header in ("x-embedserve-tokenize-ms", "x-embedserve-queue-ms", "x-embedserve-inference-ms"):
         assert float(response.headers[header]) >= 0
     assert response.headers["x-embedserve-provider"] == "cpu"
+    # TEI's headers, in whole milliseconds, on the TEI route as on the OpenAI one
+    texts = ["héllo", "timing headers for TEI dashboards"]
+    for response in (post(url, "/embed", {"inputs": texts}), post(url, "/v1/embeddings", {"input": texts})):
+        h = response.headers
+        assert int(h["x-compute-characters"]) == sum(map(len, texts))
+        assert int(h["x-compute-tokens"]) >= len(texts) * 3  # [CLS] + at least a word + [SEP] per text
+        parts = [int(h[k]) for k in ("x-tokenization-time", "x-queue-time", "x-inference-time")]
+        assert min(parts) >= 0 and int(h["x-total-time"]) >= int(h["x-compute-time"]) >= 0
+        assert abs(int(h["x-compute-time"]) - sum(parts)) <= 2  # rounding of three parts
 
 
 def test_metrics_labelled_with_route_and_provider(url):
