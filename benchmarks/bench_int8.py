@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = cpu_graph.Evaluator(art, base, *inputs["probe"])
         speed_rounds = []
         for _ in range(3):
-            cpu_graph.SPEED_SECONDS = args.seconds
-            probe.speeds(candidates)
+            probe.speeds(candidates, seconds=args.seconds)
             speed_rounds.append({c.name: dict(c.speed) for c in candidates})
         for candidate in candidates:
             short = max(r[candidate.name]["short"] for r in speed_rounds)

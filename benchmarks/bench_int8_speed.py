@@ -63,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             candidates.append(cpu_graph.Candidate(name=name, path=target, precision=precision, settings={}))
         corpus = ProbeCorpus.load()
         evaluator = cpu_graph.Evaluator(work, base, corpus, np.ones((len(corpus.texts), 1), np.float32))
-        cpu_graph.SPEED_SECONDS = args.seconds
         rounds = []
         for _ in range(args.rounds):
-            evaluator.speeds(candidates)
+            evaluator.speeds(candidates, seconds=args.seconds)
             rounds.append({c.name: dict(c.speed) for c in candidates})
             print(rounds[-1], flush=True)
         best = {n: {w: max(r[n][w] for r in rounds) for w in ("short", "mixed")} for n in graphs}

@@ -175,7 +175,7 @@ class Evaluator:
             "invariance_min": round(invariance, 7),
         }
 
-    def speeds(self, candidates: Sequence[Candidate]) -> None:
+    def speeds(self, candidates: Sequence[Candidate], *, seconds: float = SPEED_SECONDS) -> None:
         """Texts/s of each candidate in calls of 32, short texts and the whole (mixed) corpus, one thread,
         interleaved twice so that a neighbour's load falls on all of them alike; sets ``candidate.speed``."""
         engines = {c.name: self.engine(c, threads=1) for c in candidates}
@@ -186,7 +186,7 @@ class Evaluator:
                     for name, engine in engines.items():
                         engine.embed(texts[:32])
                         done, started = 0, time.perf_counter()
-                        while time.perf_counter() - started < SPEED_SECONDS:
+                        while time.perf_counter() - started < seconds:
                             start = (done // 32 * 32) % max(1, len(texts) - 32)
                             engine.embed(texts[start : start + 32])
                             done += 32

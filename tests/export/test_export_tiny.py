@@ -250,36 +250,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_exit_codes(tmp_path):
     model_dir = build_tiny_model(tmp_path / "source", seed=11)
-    failed = _cli(
-        "--model",
-        str(model_dir),
-        "--name",
-        "tiny-cli",
-        "--output",
-        str(tmp_path / "a"),
-        "--gpu-precision",
-        "fp32",
-        "--cpu-graph",
-        "per-token",
-        "--threshold",
-        "fp32.cosine_min=1.1",
-    )
+    export = ("--model", str(model_dir), "--name", "tiny-cli", "--output", str(tmp_path / "a"))
+    export += ("--gpu-precision", "fp32", "--cpu-graph", "per-token")
+    failed = _cli(*export, "--threshold", "fp32.cosine_min=1.1")
     assert failed.returncode == 3, failed.stderr
     assert (
         "cosine_min" in failed.stderr and "threshold 1.1" in failed.stderr and "nothing was registered" in failed.stderr
     )
-    ok = _cli(
-        "--model",
-        str(model_dir),
-        "--name",
-        "tiny-cli",
-        "--output",
-        str(tmp_path / "a"),
-        "--gpu-precision",
-        "fp32",
-        "--cpu-graph",
-        "per-token",
-    )
+    ok = _cli(*export)
     assert ok.returncode == 0, ok.stderr
     assert "bentoml model: tiny-cli:" in ok.stdout and "Export finished in" in ok.stdout
     assert "cpu int8" in ok.stdout  # the parity table
