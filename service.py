@@ -3,7 +3,8 @@
 Routes (one ASGI app mounted into the BentoML service, so that request bodies, limits and error shapes are
 ours): ``POST /v1/embeddings`` and ``GET /v1/models`` (OpenAI); ``POST /embed``, ``POST /`` (embeddings, or
 similarity when ``inputs`` is an object), ``POST /similarity``, ``POST /tokenize``, ``POST /decode``,
-``GET /health`` and ``GET /info`` (Hugging Face TEI, with our keys beside TEI's); ``GET /metrics`` (ours);
+``GET /health`` and ``GET /info`` (Hugging Face TEI, with our keys beside TEI's); ``GET /metrics``, and
+``GET /openapi.json`` (OpenAPI 3.1, generated from the models requests are validated with) with ``GET /docs``;
 BentoML adds ``/livez``, ``/healthz`` and ``/readyz``. With API keys configured every route but liveness,
 readiness, ``/health`` and ``/metrics`` asks for ``Authorization: Bearer <key>`` (:data:`PUBLIC_PATHS`).
 
@@ -59,6 +60,7 @@ from embedserve.protocol import (
     tokens_payload,
 )
 from embedserve.providers import short_name
+from embedserve.schema import openapi, request_models
 
 log = logging.getLogger("embedserve.service")
 
@@ -156,9 +158,33 @@ class _Metrics:
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_TYPE = (b"content-type", b"application/json")
+
+
+def _swagger_asset(name: str) -> Callable[[], bytes]:
+    """Swagger UI's files as BentoML ships them (read once, on first use): the docs page needs no internet."""
+    import functools
+
+    from bentoml._internal import server
+
+    return functools.cache(lambda: (Path(server.__file__).parent / "static_content" / name).read_bytes())
+
+
+DOCS_ASSETS = {name: _swagger_asset(name) for name in ("swagger-ui-bundle.js", "swagger-ui.css")}
 #: Routes answered without an API key: liveness, readiness and metrics, for probes and scrapers that carry no key
-#: (BentoML's /livez, /healthz and /readyz are matched before this app; they are listed for completeness).
-PUBLIC_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/health", "/metrics"})
+#: (BentoML's /livez, /healthz and /readyz are matched before this app; they are listed for completeness), and the
+#: API's description (schema and docs page: nothing in them is secret).
+PUBLIC_PATHS = frozenset(
+    {"/livez", "/healthz", "/readyz", "/health", "/metrics", "/openapi.json", "/docs"}
+    | {f"/docs/{name}" for name in DOCS_ASSETS}
+)
+#: The docs page: Swagger UI over /openapi.json (BentoML's own page at / describes only BentoML's routes).
+DOCS_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>embedserve API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div><script src="/docs/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>
+"""
 #: Our precision names -> TEI's ``model_dtype`` names.
 TEI_DTYPES = {"fp32": "float32", "fp16": "float16"}
 MISSING_KEY = "this server requires an API key: send the header 'Authorization: Bearer <key>'"
@@ -191,14 +217,23 @@ class HttpEdge:
             ("GET", "/v1/models"): self.models,
             ("GET", "/health"): self.health,
             ("GET", "/metrics"): self.metrics,
+            ("GET", "/openapi.json"): self.openapi,
+            ("GET", "/docs"): self.docs,
+            **{("GET", f"/docs/{name}"): self.docs_asset for name in DOCS_ASSETS},
         }
-        self.paths = {path for _, path in self.routes}
+        #: The OpenAPI document of this server, set by :meth:`configure` (it states the server's limits).
+        self.openapi_json = b""
+        self.methods: dict[str, bytes] = {}
+        for method, path in self.routes:
+            self.methods[path] = b", ".join(filter(None, (self.methods.get(path), method.encode())))
         #: Set by the service once it is ready (:meth:`configure`); until then every guarded route is refused.
         self.api_keys: ApiKeys | None = None
         self.check_keys = True
 
-    def configure(self, api_keys: ApiKeys) -> None:
-        """Start answering: with ``api_keys`` required on every route but :data:`PUBLIC_PATHS` (if there are any)."""
+    def configure(self, api_keys: ApiKeys, openapi: dict[str, Any]) -> None:
+        """Start answering: with ``api_keys`` required on every route but :data:`PUBLIC_PATHS` (if there are any),
+        and ``openapi`` as the schema served at ``/openapi.json``."""
+        self.openapi_json = orjson.dumps(openapi)
         self.api_keys = api_keys
         self.check_keys = api_keys.required
 
@@ -229,8 +264,11 @@ class HttpEdge:
         if refused is not None:
             reply = refused
         elif handler is None:
-            status = 405 if scope["path"] in self.paths else 404
+            allowed = self.methods.get(scope["path"])
+            status = 405 if allowed else 404
             reply: Reply = (status, orjson.dumps({"detail": HTTPStatus(status).phrase}), [JSON_TYPE])
+            if allowed:  # RFC 9110: a 405 lists the methods the path has
+                reply[2].append((b"allow", allowed))
         else:
             reply = await handler(scope, receive)
         status, body, headers = reply
@@ -272,6 +310,18 @@ class HttpEdge:
         model = {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "embedserve"}
         payload = {"object": "list", "data": [model]}
         return 200, orjson.dumps(payload), [JSON_TYPE]
+
+    async def openapi(self, scope: Scope, receive: Receive) -> Reply:
+        return 200, self.openapi_json, [JSON_TYPE]
+
+    async def docs(self, scope: Scope, receive: Receive) -> Reply:
+        return 200, DOCS_PAGE, [(b"content-type", b"text/html; charset=utf-8")]
+
+    async def docs_asset(self, scope: Scope, receive: Receive) -> Reply:
+        name = scope["path"].rsplit("/", 1)[1]
+        body = DOCS_ASSETS[name]()
+        kind = b"text/css" if name.endswith(".css") else b"text/javascript"
+        return 200, body, [(b"content-type", kind), (b"cache-control", b"public, max-age=86400")]
 
     async def metrics(self, scope: Scope, receive: Receive) -> Reply:
         import prometheus_client as prom
@@ -319,8 +369,23 @@ class Embeddings:
         self.provider = short_name(self.engine.providers.primary)
         self.provider_header = self.provider.encode()
         self.metrics = _Metrics(self.provider)
+        #: What requests are validated with, and the OpenAPI schema is generated from (this server's limits).
+        self.models = request_models(
+            self.settings.limits,
+            self.engine.dimension,
+            prompts=tuple(sorted(self.engine.artifact.head.prompts)),
+            vocab_size=self.engine.tokenizer.vocab_size,
+        )
         self.warmup_s = self.engine.warmup()
-        http_app.configure(self.settings.api_keys)
+        http_app.configure(
+            self.settings.api_keys,
+            openapi(
+                self.models,
+                title=f"embedserve: {self.model_id}",
+                version=__version__,
+                api_key_required=self.settings.api_keys.required,
+            ),
+        )
         log.info("model %s ready on %s after a %.1fs warm-up", self.tag, self.engine.providers.primary, self.warmup_s)
 
     async def handle(self, scope: Scope, receive: Receive, route: str, wire: WireFormat) -> Reply:
@@ -329,7 +394,7 @@ class Embeddings:
         status, texts, tokens = 500, 0, 0
         try:
             body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
-            req = wire.parse(body, self.settings.limits, self.engine.dimension)
+            req = wire.parse(body, self.models)
             result = await self.engine.submit(req.texts, req.options)
             texts, tokens, status = len(req.texts), result.tokens, 200
             headers = [
@@ -383,14 +448,14 @@ class Embeddings:
             self.metrics.observe(route, status, time.perf_counter() - started)
 
     def explain_tokens(self, body: Any) -> Any:
-        request = parse_tei_tokenize(body, self.settings.limits)
+        request = parse_tei_tokenize(body, self.models)
         explained = self.engine.explain_tokens(
             request.texts, add_special_tokens=request.add_special_tokens, prompt_name=request.prompt_name
         )
         return tokens_payload(explained)
 
     def decode(self, body: Any) -> Any:
-        request = parse_tei_decode(body)
+        request = parse_tei_decode(body, self.models)
         return self.engine.decode(request.ids, skip_special_tokens=request.skip_special_tokens)
 
     def info(self) -> dict[str, Any]:

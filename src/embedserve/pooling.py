@@ -120,8 +120,9 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int | None, *, normalize: bool) -> np.ndarray:
-    """Keep the first ``dimensions`` components (Matryoshka style) and renormalise if asked."""
+    """Keep the first ``dimensions`` components (Matryoshka style) and renormalise if asked. The result is
+    contiguous (a column slice is not; the JSON writer takes contiguous arrays only: found by the schema fuzzer)."""
     if dimensions is None or dimensions >= vectors.shape[-1]:
         return vectors
     cut = vectors[..., :dimensions]
-    return l2_normalize(cut) if normalize else cut
+    return l2_normalize(cut) if normalize else np.ascontiguousarray(cut)

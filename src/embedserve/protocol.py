@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from embedserve.config import Limits
 from embedserve.engine import DEFAULT_OPTIONS, EmbedOptions, EmbedResult
@@ -31,14 +32,13 @@ from embedserve.errors import (
     PayloadTooLargeError,
     TokenIdsError,
 )
+from embedserve.schema import RequestModels, input_error
 
-ENCODING_FORMATS = ("float", "base64")
 #: What the message of a token-id request tells the client to change (LangChain's OpenAIEmbeddings tokenizes with
 #: tiktoken and sends the ids unless told not to; the openai SDK and LlamaIndex send strings).
 TOKEN_IDS_HINT = (
     "send the texts as strings instead (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
 )
-DIRECTIONS = ("right", "left")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,134 +54,81 @@ class EmbedRequest:
     kind: str = "embed"
 
 
-def _require_object(body: Any) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
-        raise InputError(f"the request body must be a JSON object, got {type(body).__name__}")
-    return body
+def _validate(model: type[BaseModel], body: Any, models: RequestModels, texts_param: str | None) -> Any:
+    """``body`` validated by ``model``, or the first problem as an :class:`InputError` (token ids named first: a
+    token array is one input however many ids it has, and the message says which client setting sends them)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        if texts_param is not None and isinstance(body, Mapping):
+            _refuse_token_ids(body.get(texts_param), texts_param)
+        raise input_error(exc, models) from None
 
 
-def parse_texts(value: Any, limits: Limits, *, param: str) -> list[str]:
-    """A string or a non-empty list of non-empty strings, within ``max_inputs`` and ``max_chars``."""
-    if value is None:
-        raise InputError(f"'{param}' is required", param=param)
-    if isinstance(value, str):
-        texts = [value]
-    elif isinstance(value, list):
-        texts = value
-    else:
-        raise InputError(f"'{param}' must be a string or a list of strings, got {type(value).__name__}", param=param)
-    if not texts:
-        raise EmptyInputError(f"'{param}' must not be an empty list", param=param)
-    if _is_token_ids(texts[0]):  # before the count: a token array is one input however many ids it has
-        raise _token_ids_error(param, texts)
-    if len(texts) > limits.max_inputs:
-        raise PayloadTooLargeError(
-            f"'{param}' has {len(texts)} items; the limit is max_inputs={limits.max_inputs}",
+def _refuse_token_ids(value: Any, param: str) -> None:
+    if isinstance(value, list) and value and (_is_token_ids(value[0]) or any(isinstance(t, list) for t in value)):
+        shape = "a list of token ids" if isinstance(value[0], int) else "lists of token ids"
+        raise TokenIdsError(
+            f"'{param}' holds {shape}; this server tokenizes text with its own model's tokenizer and cannot embed "
+            f"ids from another tokenizer (such as OpenAI's tiktoken): {TOKEN_IDS_HINT}",
             param=param,
-            limit_name="max_inputs",
-            limit=limits.max_inputs,
         )
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            if isinstance(text, list):  # a token array among texts (a lone int there is just a wrong type)
-                raise _token_ids_error(param, texts)
-            raise InputError(f"'{param}[{i}]' must be a string, got {type(text).__name__}", param=param)
-        if not text:
-            raise EmptyInputError(f"'{param}[{i}]' is an empty string", param=param)
-        if len(text) > limits.max_chars:
-            raise PayloadTooLargeError(
-                f"'{param}[{i}]' has {len(text)} characters; the limit is max_chars={limits.max_chars}",
-                param=param,
-                limit_name="max_chars",
-                limit=limits.max_chars,
-            )
-    return texts
 
 
 def _is_token_ids(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, list)
 
 
-def _token_ids_error(param: str, texts: list[Any]) -> TokenIdsError:
-    shape = "a list of token ids" if isinstance(texts[0], int) else "lists of token ids"
-    return TokenIdsError(
-        f"'{param}' holds {shape}; this server tokenizes text with its own model's tokenizer and cannot embed ids "
-        f"from another tokenizer (such as OpenAI's tiktoken): {TOKEN_IDS_HINT}",
-        param=param,
-    )
+def _texts(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
 
 
-def _optional_bool(body: Mapping[str, Any], key: str, default: bool | None) -> bool | None:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InputError(f"'{key}' must be true or false, got {value!r}", param=key)
-    return value
+def check_chars(texts: list[str], limits: Limits, *, param: str) -> None:
+    """With truncation off, refuse texts over ``max_chars`` (a bound on tokenizer time: such a text is almost
+    surely over the model's maximum anyway). With truncation on, long texts are cut, not refused: only
+    ``max_body_bytes`` bounds them, and the tokenizer cuts a very long text before tokenizing it all."""
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_chars:
+            raise PayloadTooLargeError(
+                f"'{param}[{i}]' has {len(text)} characters; the limit is max_chars={limits.max_chars} when "
+                "truncate is false",
+                param=param,
+                limit_name="max_chars",
+                limit=limits.max_chars,
+            )
 
 
-def _dimensions(body: Mapping[str, Any], dimension: int) -> int | None:
-    value = body.get("dimensions")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= dimension:
-        raise InputError(
-            f"'dimensions' must be an integer between 1 and {dimension} (the model's dimension), got {value!r}",
-            param="dimensions",
-            limit_name="dimension",
-            limit=dimension,
-        )
-    return value
+def _direction(value: str | None) -> str:
+    return (value or "right").lower()
 
 
-def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"'{key}' must be a string, got {type(value).__name__}", param=key)
-    return value
-
-
-def parse_openai(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
-    """Validate an OpenAI ``/v1/embeddings`` request body."""
-    body = _require_object(body)
-    encoding_format = body.get("encoding_format")
-    if encoding_format is None:  # absent or null: OpenAI's default
-        encoding_format = "float"
-    if not isinstance(encoding_format, str) or encoding_format not in ENCODING_FORMATS:
-        raise InputError(
-            f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {encoding_format!r}",
-            param="encoding_format",
-        )
-    _optional_str(body, "user")
+def parse_openai(body: Any, models: RequestModels) -> EmbedRequest:
+    """Validate an OpenAI ``/v1/embeddings`` request body (OpenAI truncates nothing on its own; we always cut at the
+    model's maximum and say how many inputs were cut in ``usage.truncated_inputs``)."""
+    req = _validate(models.openai, body, models, "input")
     return EmbedRequest(
-        texts=parse_texts(body.get("input"), limits, param="input"),
-        options=EmbedOptions(dimensions=_dimensions(body, dimension)),
-        encoding_format=encoding_format,
-        model=_optional_str(body, "model"),
+        texts=_texts(req.input),
+        options=EmbedOptions(dimensions=req.dimensions) if req.dimensions else DEFAULT_OPTIONS,
+        encoding_format=req.encoding_format or "float",
+        model=req.model,
     )
 
 
-def _direction(body: Mapping[str, Any]) -> str:
-    direction = body.get("truncation_direction") or "right"
-    if not isinstance(direction, str) or direction.lower() not in DIRECTIONS:
-        raise InputError(
-            f"'truncation_direction' must be Right or Left, got {direction!r}", param="truncation_direction"
-        )
-    return direction.lower()
-
-
-def parse_tei(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+def parse_tei(body: Any, models: RequestModels) -> EmbedRequest:
     """Validate a TEI ``/embed`` request body."""
-    body = _require_object(body)
-    direction = _direction(body)
+    req = _validate(models.tei, body, models, "inputs")
+    texts = _texts(req.inputs)
+    truncate = req.truncate is not False
+    if not truncate:
+        check_chars(texts, models.limits, param="inputs")
     return EmbedRequest(
-        texts=parse_texts(body.get("inputs"), limits, param="inputs"),
+        texts=texts,
         options=EmbedOptions(
-            normalize=_optional_bool(body, "normalize", True),
-            truncate=bool(_optional_bool(body, "truncate", True)),
-            direction=direction,
-            prompt_name=_optional_str(body, "prompt_name"),
-            dimensions=_dimensions(body, dimension),
+            normalize=req.normalize is not False,
+            truncate=truncate,
+            direction=_direction(req.truncation_direction),
+            prompt_name=req.prompt_name,
+            dimensions=req.dimensions,
         ),
     )
 
@@ -191,45 +138,23 @@ def is_similarity(body: Any) -> bool:
     return isinstance(body, Mapping) and isinstance(body.get("inputs"), Mapping)
 
 
-def parse_tei_similarity(body: Any, limits: Limits, *, dimension: int) -> EmbedRequest:
+def parse_tei_similarity(body: Any, models: RequestModels) -> EmbedRequest:
     """Validate a TEI ``/similarity`` body: ``{"inputs": {"source_sentence": str, "sentences": [str, ...]},
     "parameters": {"truncate", "truncation_direction", "prompt_name"}}`` (what ``InferenceClient.sentence_similarity``
     sends). ``max_inputs`` counts the source sentence too."""
-    body = _require_object(body)
-    inputs = body.get("inputs")
-    if not isinstance(inputs, Mapping):
-        raise InputError("'inputs' must be an object with 'source_sentence' and 'sentences'", param="inputs")
-    source = inputs.get("source_sentence")
-    if not isinstance(source, str):
-        raise InputError(
-            f"'inputs.source_sentence' must be a string, got {type(source).__name__}", param="inputs.source_sentence"
-        )
-    sentences = inputs.get("sentences")
-    if isinstance(sentences, list) and len(sentences) + 1 > limits.max_inputs:
-        raise PayloadTooLargeError(
-            f"'inputs.sentences' has {len(sentences)} items, {len(sentences) + 1} texts with the source sentence; "
-            f"the limit is max_inputs={limits.max_inputs}",
-            param="inputs.sentences",
-            limit_name="max_inputs",
-            limit=limits.max_inputs,
-        )
-    if not isinstance(sentences, list):
-        raise InputError(
-            f"'inputs.sentences' must be a list of strings, got {type(sentences).__name__}", param="inputs.sentences"
-        )
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, Mapping):
-        raise InputError(f"'parameters' must be an object, got {type(parameters).__name__}", param="parameters")
-    texts = parse_texts(source, limits, param="inputs.source_sentence") + parse_texts(
-        sentences, limits, param="inputs.sentences"
-    )
+    req = _validate(models.similarity, body, models, "inputs")
+    parameters = req.parameters
+    truncate = parameters is None or parameters.truncate is not False
+    texts = [req.inputs.source_sentence, *req.inputs.sentences]
+    if not truncate:
+        check_chars(texts, models.limits, param="inputs")
     return EmbedRequest(
         texts=texts,
         options=EmbedOptions(
             normalize=True,
-            truncate=bool(_optional_bool(parameters, "truncate", True)),
-            direction=_direction(parameters),
-            prompt_name=_optional_str(parameters, "prompt_name"),
+            truncate=truncate,
+            direction=_direction(parameters and parameters.truncation_direction),
+            prompt_name=parameters and parameters.prompt_name,
         ),
         kind="similarity",
     )
@@ -250,13 +175,13 @@ class TokenizeRequest:
     prompt_name: str | None = None
 
 
-def parse_tei_tokenize(body: Any, limits: Limits) -> TokenizeRequest:
+def parse_tei_tokenize(body: Any, models: RequestModels) -> TokenizeRequest:
     """Validate a TEI ``/tokenize`` body: ``{"inputs": str | [str], "add_special_tokens": bool, "prompt_name"}``."""
-    body = _require_object(body)
+    req = _validate(models.tokenize, body, models, "inputs")
+    texts = _texts(req.inputs)
+    check_chars(texts, models.limits, param="inputs")  # every token is returned: nothing is cut
     return TokenizeRequest(
-        texts=parse_texts(body.get("inputs"), limits, param="inputs"),
-        add_special_tokens=bool(_optional_bool(body, "add_special_tokens", True)),
-        prompt_name=_optional_str(body, "prompt_name"),
+        texts=texts, add_special_tokens=req.add_special_tokens is not False, prompt_name=req.prompt_name
     )
 
 
@@ -276,20 +201,10 @@ class DecodeRequest:
     skip_special_tokens: bool = True
 
 
-def parse_tei_decode(body: Any) -> DecodeRequest:
+def parse_tei_decode(body: Any, models: RequestModels) -> DecodeRequest:
     """Validate a TEI ``/decode`` body: ``{"ids": [int, ...], "skip_special_tokens": bool}``."""
-    body = _require_object(body)
-    ids = body.get("ids")
-    if ids is None:
-        raise InputError("'ids' is required", param="ids")
-    if not isinstance(ids, list):
-        raise InputError(f"'ids' must be a list of token ids, got {type(ids).__name__}", param="ids")
-    if not ids:
-        raise EmptyInputError("'ids' must not be an empty list", param="ids")
-    for i, token_id in enumerate(ids):
-        if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise InputError(f"'ids[{i}]' must be an integer, got {type(token_id).__name__}", param="ids")
-    return DecodeRequest(ids=ids, skip_special_tokens=bool(_optional_bool(body, "skip_special_tokens", True)))
+    req = _validate(models.decode, body, models, None)
+    return DecodeRequest(ids=req.ids, skip_special_tokens=req.skip_special_tokens is not False)
 
 
 def encode_base64(vector: np.ndarray) -> str:
@@ -362,7 +277,7 @@ class WireFormat:
     """One wire protocol: how a body becomes an :class:`EmbedRequest`, a result a payload, an error a body."""
 
     name: str
-    parse: Callable[[Any, Limits, int], EmbedRequest]
+    parse: Callable[[Any, RequestModels], EmbedRequest]
     respond: Callable[[EmbedRequest, EmbedResult, str], Any]
     error_body: Callable[[EmbedServeError], dict]
 
@@ -394,7 +309,7 @@ def _tei_error_body(exc: EmbedServeError) -> dict:
 
 OPENAI = WireFormat(
     "openai",
-    parse=lambda body, limits, dimension: parse_openai(body, limits, dimension=dimension),
+    parse=parse_openai,
     respond=lambda request, result, model: openai_response(
         result.vectors, encoding_format=request.encoding_format, model=model, prompt_tokens=result.tokens
     ),
@@ -408,13 +323,13 @@ def _tei_respond(request: EmbedRequest, result: EmbedResult, model: str) -> Any:
 
 TEI = WireFormat(
     "tei",
-    parse=lambda body, limits, dimension: parse_tei(body, limits, dimension=dimension),
+    parse=parse_tei,
     respond=_tei_respond,
     error_body=_tei_error_body,
 )
 TEI_SIMILARITY = WireFormat(
     "tei-similarity",
-    parse=lambda body, limits, dimension: parse_tei_similarity(body, limits, dimension=dimension),
+    parse=parse_tei_similarity,
     respond=_tei_respond,
     error_body=_tei_error_body,
 )
@@ -422,9 +337,7 @@ TEI_SIMILARITY = WireFormat(
 #: task to the endpoint URL itself).
 TEI_COMPAT = WireFormat(
     "tei-compat",
-    parse=lambda body, limits, dimension: (parse_tei_similarity if is_similarity(body) else parse_tei)(
-        body, limits, dimension=dimension
-    ),
+    parse=lambda body, models: (parse_tei_similarity if is_similarity(body) else parse_tei)(body, models),
     respond=_tei_respond,
     error_body=_tei_error_body,
 )

@@ -60,7 +60,7 @@ def test_closed_until_the_service_is_ready(service_module):
 
 def test_refusals_without_an_accepted_key_never_reach_the_service(service_module):
     app = service_module.HttpEdge()
-    app.configure(ApiKeys(("sk-one", "sk-two")))
+    app.configure(ApiKeys(("sk-one", "sk-two")), {})
     assert request(app, "GET", "/health")[0] == 200  # public
     status, headers, body = request(app, "POST", "/v1/embeddings")
     assert status == 401 and headers["www-authenticate"] == "Bearer"
@@ -74,6 +74,6 @@ def test_refusals_without_an_accepted_key_never_reach_the_service(service_module
 
 def test_no_keys_means_no_check(service_module):
     app = service_module.HttpEdge()
-    app.configure(ApiKeys())
+    app.configure(ApiKeys(), {})
     assert app.check_keys is False
     assert request(app, "GET", "/nothing-here")[0] == 404

@@ -243,12 +243,11 @@ BAD_OPENAI = [
     ({"input": ["ok", 5]}, 422, "input", "'input[1]' must be a string"),
     ({"input": [[101, 2023]]}, 422, "input", "check_embedding_ctx_length=False"),
     ({"input": list(range(3000))}, 422, "input", "check_embedding_ctx_length=False"),
-    ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format", "float, base64"),
+    ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format", "'float' or 'base64'"),
     ({"input": "a", "dimensions": 0}, 422, "dimensions", "between 1 and 384"),
     ({"input": "a", "dimensions": 385}, 422, "dimensions", "between 1 and 384"),
     ({"input": "a", "dimensions": "64"}, 422, "dimensions", "between 1 and 384"),
     ({"input": ["a"] * 2049}, 413, "input", "max_inputs=2048"),
-    ({"input": "x" * 20001}, 413, "input", "max_chars=20000"),
 ]
 
 
@@ -269,9 +268,14 @@ BAD_TEI = [
     ({"inputs": "word " * 300, "truncate": False}, 413, "max_input_tokens=256"),
     ({"inputs": []}, 400, "empty list"),
     ({"inputs": "a", "normalize": "no"}, 422, "'normalize' must be true or false"),
-    ({"inputs": "a", "truncation_direction": "up"}, 422, "Right or Left"),
+    ({"inputs": "a", "truncation_direction": "up"}, 422, "'Right', 'Left'"),
     ({"inputs": "a", "prompt_name": "query"}, 422, "unknown prompt_name 'query'"),
     ({"inputs": 3.5}, 422, "string or a list of strings"),
+    (
+        {"inputs": ["a", "x" * 20001], "truncate": False},
+        413,
+        "'inputs[1]' has 20001 characters; the limit is max_chars",
+    ),
 ]
 
 

@@ -35,16 +35,17 @@ def test_info_lists_the_configured_limits(limited):
 
 
 @pytest.mark.parametrize(
-    ("body", "fragment"),
+    ("route", "body", "fragment"),
     [
-        ({"input": ["a"] * 5}, "max_inputs=4"),
-        ({"input": "é" * 3001}, "max_chars=3000"),
+        ("/v1/embeddings", {"input": ["a"] * 5}, "max_inputs=4"),
+        ("/embed", {"inputs": "é" * 3001, "truncate": False}, "max_chars=3000"),
     ],
 )
-def test_configured_limits_are_named(limited, body, fragment):
-    response = httpx.post(f"{limited.url}/v1/embeddings", json=body, timeout=30)
+def test_configured_limits_are_named(limited, route, body, fragment):
+    response = httpx.post(f"{limited.url}{route}", json=body, timeout=30)
     assert response.status_code == 413
-    assert fragment in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert fragment in (error if isinstance(error, str) else error["message"])
 
 
 def test_body_size_limit_with_and_without_content_length(limited):

@@ -119,3 +119,4 @@ def test_truncate_dimensions_renormalises_only_when_asked():
     raw = truncate_dimensions(v, 2, normalize=False)
     np.testing.assert_allclose(raw, v[:, :2])
     assert truncate_dimensions(v, None, normalize=True) is v
+    assert raw.flags["C_CONTIGUOUS"] and cut.flags["C_CONTIGUOUS"]  # orjson writes only contiguous arrays

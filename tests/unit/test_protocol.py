@@ -12,21 +12,23 @@ from embedserve import protocol
 from embedserve.config import Limits
 from embedserve.errors import EmptyInputError, InputError, MalformedRequestError, PayloadTooLargeError, TokenIdsError
 from embedserve.protocol import dumps, encode_base64, openai_response, parse_openai, parse_tei
+from embedserve.schema import request_models
 
 LIMITS = Limits(max_inputs=3, max_chars=10)
+MODELS = request_models(LIMITS, 8)
 
 
 def test_openai_accepts_string_and_list():
-    assert parse_openai({"input": "hi", "model": "m"}, LIMITS, dimension=8).texts == ["hi"]
-    req = parse_openai({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}, LIMITS, dimension=8)
+    assert parse_openai({"input": "hi", "model": "m"}, MODELS).texts == ["hi"]
+    req = parse_openai({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}, MODELS)
     assert req.texts == ["a", "b"] and req.encoding_format == "base64" and req.options.dimensions == 4
 
 
 def test_tei_defaults():
-    options = parse_tei({"inputs": "x"}, LIMITS, dimension=8).options
+    options = parse_tei({"inputs": "x"}, MODELS).options
     assert options.normalize is True and options.truncate is True and options.direction == "right"
     options = parse_tei(
-        {"inputs": ["x"], "normalize": False, "truncate": False, "truncation_direction": "Left"}, LIMITS, dimension=8
+        {"inputs": ["x"], "normalize": False, "truncate": False, "truncation_direction": "Left"}, MODELS
     ).options
     assert (options.normalize, options.truncate, options.direction) == (False, False, "left")
 
@@ -35,14 +37,13 @@ def test_tei_defaults():
     ("body", "error", "fragment"),
     [
         ({"input": []}, EmptyInputError, "empty list"),
-        ({"input": ""}, EmptyInputError, "'input[0]' is an empty string"),
+        ({"input": ""}, EmptyInputError, "'input' is an empty string"),
         ({"input": ["ok", ""]}, EmptyInputError, "'input[1]'"),
         ({}, InputError, "'input' is required"),
         ({"input": 42}, InputError, "string or a list of strings"),
         ({"input": [1, 2]}, InputError, "token ids"),
         ({"input": ["a", None]}, InputError, "'input[1]' must be a string"),
         ({"input": ["a", "b", "c", "d"]}, PayloadTooLargeError, "max_inputs=3"),
-        ({"input": "x" * 11}, PayloadTooLargeError, "max_chars=10"),
         ({"input": "a", "encoding_format": "int8"}, InputError, "encoding_format"),
         ({"input": "a", "encoding_format": 0}, InputError, "encoding_format"),
         ({"input": "a", "encoding_format": ""}, InputError, "encoding_format"),
@@ -56,7 +57,7 @@ def test_tei_defaults():
 )
 def test_openai_rejects(body, error, fragment):
     with pytest.raises(error) as info:
-        parse_openai(body, LIMITS, dimension=8)
+        parse_openai(body, MODELS)
     assert fragment in str(info.value)
 
 
@@ -64,15 +65,15 @@ def test_openai_rejects(body, error, fragment):
     ("body", "fragment"),
     [
         ({"inputs": "a", "normalize": "yes"}, "'normalize' must be true or false"),
-        ({"inputs": "a", "truncate": 1}, "'truncate'"),
-        ({"inputs": "a", "truncation_direction": "middle"}, "Right or Left"),
+        ({"inputs": "a", "truncate": 1}, "'truncate' must be true or false, got 1"),
+        ({"inputs": "a", "truncation_direction": "middle"}, "'Right', 'Left'"),
         ({"inputs": "a", "prompt_name": 5}, "'prompt_name'"),
         ({"input": "a"}, "'inputs' is required"),
     ],
 )
 def test_tei_rejects(body, fragment):
     with pytest.raises(InputError, match=fragment):
-        parse_tei(body, LIMITS, dimension=8)
+        parse_tei(body, MODELS)
 
 
 @pytest.mark.parametrize(
@@ -85,21 +86,41 @@ def test_tei_rejects(body, fragment):
 )
 def test_token_ids_are_refused_with_the_client_setting_that_fixes_it(value):
     with pytest.raises(TokenIdsError) as info:
-        parse_openai({"input": value}, LIMITS, dimension=8)
+        parse_openai({"input": value}, MODELS)
     assert "check_embedding_ctx_length=False" in info.value.message and info.value.param == "input"
     assert info.value.kind == "token_ids_not_supported"
 
 
+def test_max_chars_refuses_only_when_truncation_is_off():
+    """With truncation on (OpenAI always, TEI by default) a long text is cut, not refused (issue 9)."""
+    long = "x" * 11
+    assert parse_openai({"input": long}, MODELS).texts == [long]
+    assert parse_tei({"inputs": [long]}, MODELS).options.truncate is True
+    with pytest.raises(PayloadTooLargeError, match="max_chars=10 when truncate is false") as info:
+        parse_tei({"inputs": ["ok", long], "truncate": False}, MODELS)
+    assert "'inputs[1]' has 11 characters" in info.value.message and info.value.limit_name == "max_chars"
+
+
+def test_request_models_state_the_servers_limits():
+    """The schema the server publishes is the one it validates with: its limits are in it."""
+    schema = MODELS.openai.model_json_schema()
+    texts = next(s for s in schema["properties"]["input"]["oneOf"] if s.get("type") == "array")
+    assert texts["maxItems"] == 3 and texts["minItems"] == 1 and texts["items"]["minLength"] == 1
+    dimensions = next(s for s in schema["properties"]["dimensions"]["anyOf"] if s.get("type") == "integer")
+    assert (dimensions["minimum"], dimensions["maximum"]) == (1, 8)
+    assert schema["required"] == ["input"]
+
+
 def test_default_limit_is_openais_2048_inputs():
     assert Limits().max_inputs == 2048
-    assert len(parse_openai({"input": ["t"] * 2048}, Limits(), dimension=8).texts) == 2048
+    assert len(parse_openai({"input": ["t"] * 2048}, request_models(Limits(), 8)).texts) == 2048
     with pytest.raises(PayloadTooLargeError, match="max_inputs=2048"):
-        parse_openai({"input": ["t"] * 2049}, Limits(), dimension=8)
+        parse_openai({"input": ["t"] * 2049}, request_models(Limits(), 8))
 
 
 def test_limit_errors_carry_name_and_value():
     with pytest.raises(PayloadTooLargeError) as info:
-        parse_tei({"inputs": ["a"] * 4}, LIMITS, dimension=8)
+        parse_tei({"inputs": ["a"] * 4}, MODELS)
     assert (info.value.limit_name, info.value.limit, info.value.param) == ("max_inputs", 3, "inputs")
 
 
@@ -137,11 +158,11 @@ def test_similarity_request_and_scores():
     from embedserve.protocol import TEI_COMPAT, parse_tei_similarity, similarity_scores
 
     body = {"inputs": {"source_sentence": "src", "sentences": ["a", "b"]}, "parameters": {"truncate": False}}
-    req = parse_tei_similarity(body, LIMITS, dimension=8)
+    req = parse_tei_similarity(body, MODELS)
     assert req.texts == ["src", "a", "b"] and req.kind == "similarity"
     assert req.options.normalize is True and req.options.truncate is False
-    assert TEI_COMPAT.parse(body, LIMITS, 8).kind == "similarity"  # TEI's POST / dispatches on the shape
-    assert TEI_COMPAT.parse({"inputs": ["a"]}, LIMITS, 8).kind == "embed"
+    assert TEI_COMPAT.parse(body, MODELS).kind == "similarity"  # TEI's POST / dispatches on the shape
+    assert TEI_COMPAT.parse({"inputs": ["a"]}, MODELS).kind == "embed"
     unit = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
     np.testing.assert_allclose(similarity_scores(unit), [1.0, 0.0, 0.6], atol=1e-6)
 
@@ -150,8 +171,10 @@ def test_similarity_request_and_scores():
     ("inputs", "error", "fragment"),
     [
         ("text", InputError, "'inputs' must be an object"),
-        ({"sentences": ["a"]}, InputError, "'inputs.source_sentence' must be a string"),
-        ({"source_sentence": "s"}, InputError, "'inputs.sentences' must be a list of strings"),
+        ({"sentences": ["a"]}, InputError, "'inputs.source_sentence' is required"),
+        ({"source_sentence": 1, "sentences": ["a"]}, InputError, "'inputs.source_sentence' must be a string, got 1"),
+        ({"source_sentence": "s"}, InputError, "'inputs.sentences' is required"),
+        ({"source_sentence": "s", "sentences": "a"}, InputError, "'inputs.sentences' must be a list of strings"),
         ({"source_sentence": "s", "sentences": []}, EmptyInputError, "empty list"),
         ({"source_sentence": "", "sentences": ["a"]}, EmptyInputError, "empty string"),
         ({"source_sentence": "s", "sentences": ["a", 3]}, InputError, "'inputs.sentences[1]' must be a string"),
@@ -162,22 +185,22 @@ def test_similarity_rejects(inputs, error, fragment):
     from embedserve.protocol import parse_tei_similarity
 
     with pytest.raises(error) as info:
-        parse_tei_similarity({"inputs": inputs}, LIMITS, dimension=8)
+        parse_tei_similarity({"inputs": inputs}, MODELS)
     assert fragment in str(info.value)
 
 
 def test_tokenize_and_decode_requests():
     from embedserve.protocol import parse_tei_decode, parse_tei_tokenize
 
-    req = parse_tei_tokenize({"inputs": "a", "add_special_tokens": False}, LIMITS)
+    req = parse_tei_tokenize({"inputs": "a", "add_special_tokens": False}, MODELS)
     assert req.texts == ["a"] and req.add_special_tokens is False and req.prompt_name is None
-    assert parse_tei_decode({"ids": [1, 2]}).skip_special_tokens is True
+    assert parse_tei_decode({"ids": [1, 2]}, MODELS).skip_special_tokens is True
     for body, fragment in (({"ids": [True]}, "'ids[0]' must be an integer"), ({"ids": 5}, "list of token ids")):
         with pytest.raises(InputError) as info:
-            parse_tei_decode(body)
+            parse_tei_decode(body, MODELS)
         assert fragment in str(info.value)
     with pytest.raises(PayloadTooLargeError, match="max_inputs=3"):
-        parse_tei_tokenize({"inputs": ["a"] * 4}, LIMITS)
+        parse_tei_tokenize({"inputs": ["a"] * 4}, MODELS)
 
 
 @pytest.mark.parametrize(
