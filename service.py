@@ -404,6 +404,7 @@ class Embeddings:
                 (b"x-embedserve-queue-ms", b"%.2f" % (result.queue_s * 1000)),
                 (b"x-embedserve-inference-ms", b"%.2f" % (result.inference_s * 1000)),
                 (b"x-embedserve-batch-texts", b"%d" % result.batch_texts),
+                (b"x-embedserve-truncated-inputs", b"%d" % result.truncated),
                 *_tei_timing_headers(req.texts, result, time.perf_counter() - started),
             ]
             return 200, dumps(wire.respond(req, result, self.model_id)), headers

@@ -212,8 +212,11 @@ def encode_base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
-def openai_response(vectors: np.ndarray, *, encoding_format: str, model: str, prompt_tokens: int) -> dict[str, Any]:
-    """The OpenAI embeddings response: ``data[i].index`` is the input position.
+def openai_response(
+    vectors: np.ndarray, *, encoding_format: str, model: str, prompt_tokens: int, truncated: int = 0
+) -> dict[str, Any]:
+    """The OpenAI embeddings response: ``data[i].index`` is the input position; ``usage.truncated_inputs`` (ours,
+    beside OpenAI's keys) counts the inputs cut at the model's maximum length.
 
     Float embeddings stay numpy rows; :func:`dumps` writes them (float32 shortest round-trip digits).
     """
@@ -225,7 +228,7 @@ def openai_response(vectors: np.ndarray, *, encoding_format: str, model: str, pr
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)],
         "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "truncated_inputs": truncated},
     }
 
 
@@ -311,7 +314,11 @@ OPENAI = WireFormat(
     "openai",
     parse=parse_openai,
     respond=lambda request, result, model: openai_response(
-        result.vectors, encoding_format=request.encoding_format, model=model, prompt_tokens=result.tokens
+        result.vectors,
+        encoding_format=request.encoding_format,
+        model=model,
+        prompt_tokens=result.tokens,
+        truncated=result.truncated,
     ),
     error_body=_openai_error_body,
 )

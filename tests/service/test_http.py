@@ -358,3 +358,20 @@ def test_same_text_alone_or_in_any_batch(url):
             got = post(url, "/embed", {"inputs": [*mates[:cut], text, *mates[cut:]]}).json()[cut]
             assert cosine(alone, got) >= 0.999999, (text, len(mates))
             assert np.abs(alone - np.array(got)).max() < 1e-5
+
+
+def test_long_texts_are_cut_not_refused_and_the_response_says_so(url):
+    """Issue 9: with truncation on, a text far over max_chars is embedded as its first max_seq_length tokens, and
+    the response counts the inputs that were cut (OpenAI: ``usage.truncated_inputs``; every route: a header)."""
+    long = "the quick brown fox jumps over the lazy dog " * 2_000  # 88,000 characters, max_chars is 20,000
+    response = post(url, "/v1/embeddings", {"input": [long, "short"]})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["truncated_inputs"] == 1
+    assert response.headers["x-embedserve-truncated-inputs"] == "1"
+    head = post(url, "/v1/embeddings", {"input": [long[:2_000]]})  # ~450 tokens: cut at the same 256
+    assert head.json()["usage"]["truncated_inputs"] == 1
+    np.testing.assert_allclose(
+        response.json()["data"][0]["embedding"], head.json()["data"][0]["embedding"], rtol=0, atol=1e-6
+    )
+    tei = post(url, "/embed", {"inputs": [long, "short"]})
+    assert tei.status_code == 200 and tei.headers["x-embedserve-truncated-inputs"] == "1"

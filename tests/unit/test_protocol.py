@@ -128,7 +128,7 @@ def test_openai_response_shape_and_base64_round_trip():
     vectors = np.array([[0.5, -1.25], [3.0, 1e-8]], dtype=np.float32)
     floats = json.loads(dumps(openai_response(vectors, encoding_format="float", model="m", prompt_tokens=7)))
     assert [d["index"] for d in floats["data"]] == [0, 1]
-    assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert floats["usage"] == {"prompt_tokens": 7, "total_tokens": 7, "truncated_inputs": 0}
     assert floats["data"][1]["embedding"] == pytest.approx([3.0, 1e-8])
     b64 = json.loads(dumps(openai_response(vectors, encoding_format="base64", model="m", prompt_tokens=7)))
     decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")

@@ -122,3 +122,23 @@ def test_decode_refuses_ids_outside_the_vocabulary(tokenizer):
         tokenizer.decode([101, 30522])
     with pytest.raises(InputError, match="-1"):
         tokenizer.decode([-1])
+
+
+def test_very_long_texts_are_cut_before_tokenizing_with_the_same_tokens(tokenizer):
+    """Issue 9: long texts are cut, not refused; a text far over the model's maximum is cut at a space before it
+    is tokenized (4 MB would take seconds), with exactly the tokens the full text gets, on both sides, with a
+    prompt, and for a text whose cut part would not fill the model (then the full text is tokenized)."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta,", "gamma.", "delta", "unbelievable", "naïve", "東京", "x" * 40, "3.14159"]
+    long = " ".join(rng.choice(words, size=20_000))  # ~180,000 characters
+    sparse = "word " * 100 + " " * 8_000 + "tail end"  # the cut window is all spaces: no overflow after the cut
+    unspaced = "y" * 30_000  # no space to cut at: tokenized whole
+    texts = [long, sparse, unspaced, "short"]
+    assert len(long) > tokenizer.cut_chars and len(sparse) > tokenizer.cut_chars
+    for direction in ("right", "left"):
+        for prompt in (None, "query: "):
+            got = tokenizer.encode(texts, direction=direction, prompt=prompt)
+            full = tokenizer._by_direction[direction].encode_batch([prompt + t if prompt else t for t in texts])
+            for i, encoding in enumerate(full):
+                assert got.row(i).tolist() == encoding.ids, (direction, prompt, i)
+            assert got.truncated.tolist() == [True, False, False, False]
