@@ -123,8 +123,16 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+#: Powers of two: texts per inference call (1..4,096) and padded tokens per call (16..262,144).
+TEXT_BUCKETS = tuple(float(2**i) for i in range(13))
+TOKEN_BUCKETS = tuple(float(2**i) for i in range(4, 19))
+SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
 class _Metrics:
-    """Prometheus series, created in the worker (after BentoML set up the multiprocess registry)."""
+    """Prometheus series (documented in docs/observability.md), created in the worker after BentoML set up the
+    multiprocess registry. Labels are bounded: routes and statuses come from the route table, never from the
+    request. Gauges are summed over the live workers (``livesum``)."""
 
     def __init__(self, provider: str) -> None:
         import prometheus_client as prom
@@ -134,13 +142,44 @@ class _Metrics:
             "embedserve_request_duration_seconds",
             "Request latency per route, active execution provider and status code",
             ["route", "provider", "status"],
-            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=SECONDS_BUCKETS,
         )
         self.texts = prom.Counter("embedserve_texts", "Texts embedded", ["route", "provider"])
         self.tokens = prom.Counter("embedserve_tokens", "Tokens embedded (after truncation)", ["route", "provider"])
-        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self.truncated = prom.Counter(
+            "embedserve_truncated_inputs", "Inputs cut at the model's maximum length", ["route", "provider"]
+        )
+        self.queue_texts = prom.Gauge(
+            "embedserve_queue_texts",
+            "Texts accepted and waiting for the model (the autoscaling signal), summed over workers",
+            multiprocess_mode="livesum",
+        )
+        self.in_flight = prom.Gauge(
+            "embedserve_requests_in_flight",
+            "Embedding requests being served (read, queued or computing), summed over workers",
+            multiprocess_mode="livesum",
+        )
+        self.phase = prom.Histogram(
+            "embedserve_phase_seconds",
+            "Time of each request in each phase: tokenize, queue (tokenized, waiting for the model), inference "
+            "(the job it was computed in)",
+            ["phase"],
+            buckets=SECONDS_BUCKETS,
+        )
+        self.phases = tuple(self.phase.labels(name) for name in ("tokenize", "queue", "inference"))
+        self.batch_texts = prom.Histogram(
+            "embedserve_batch_texts", "Texts per inference call (batch size)", buckets=TEXT_BUCKETS
+        )
+        self.batch_tokens = prom.Histogram(
+            "embedserve_batch_tokens", "Padded tokens per inference call (batch x longest text)", buckets=TOKEN_BUCKETS
+        )
+        self.batch_seconds = prom.Histogram(
+            "embedserve_batch_seconds", "Time of one inference call (model and pooling)", buckets=SECONDS_BUCKETS
+        )
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
 
-    def observe(self, route: str, status: int, seconds: float, texts: int = 0, tokens: int = 0) -> None:
+    def observe(self, route: str, status: int, seconds: float, texts: int = 0, result: Any = None) -> None:
+        """One finished request; ``result`` (an :class:`~embedserve.EmbedResult`) when it was embedded."""
         key = (route, status)
         children = self._children.get(key)
         if children is None:  # label lookups cost more than the observation; routes and statuses are few
@@ -148,12 +187,25 @@ class _Metrics:
                 self.latency.labels(route, self.provider, str(status)),
                 self.texts.labels(route, self.provider),
                 self.tokens.labels(route, self.provider),
+                self.truncated.labels(route, self.provider),
             )
-        latency, text_count, token_count = children
+        latency, text_count, token_count, truncated = children
         latency.observe(seconds)
-        if texts:
+        if result is not None:
             text_count.inc(texts)
-            token_count.inc(tokens)
+            token_count.inc(result.tokens)
+            if result.truncated:
+                truncated.inc(result.truncated)
+            tokenize, queue, inference = self.phases
+            tokenize.observe(result.tokenize_s)
+            queue.observe(result.queue_s)
+            inference.observe(result.inference_s)
+
+    def batch(self, texts: int, padded_tokens: int, seconds: float) -> None:
+        """The engine's :class:`~embedserve.engine.BatchObserver`: one inference call (on an inference thread)."""
+        self.batch_texts.observe(texts)
+        self.batch_tokens.observe(padded_tokens)
+        self.batch_seconds.observe(seconds)
 
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -377,6 +429,7 @@ class Embeddings:
             vocab_size=self.engine.tokenizer.vocab_size,
         )
         self.warmup_s = self.engine.warmup()
+        self.engine.observer = self.metrics  # after the warm-up: its batches are not traffic
         http_app.configure(
             self.settings.api_keys,
             openapi(
@@ -391,12 +444,15 @@ class Embeddings:
     async def handle(self, scope: Scope, receive: Receive, route: str, wire: WireFormat) -> Reply:
         """The one request path: parse -> engine -> respond, errors in the wire format's shape."""
         started = time.perf_counter()
-        status, texts, tokens = 500, 0, 0
+        status, texts, result = 500, 0, None
+        metrics = self.metrics
+        metrics.in_flight.inc()
         try:
             body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
             req = wire.parse(body, self.models)
+            metrics.queue_texts.set(self.engine.queued_texts)  # sampled as each request arrives and leaves
             result = await self.engine.submit(req.texts, req.options)
-            texts, tokens, status = len(req.texts), result.tokens, 200
+            texts, status = len(req.texts), 200
             headers = [
                 JSON_TYPE,
                 (b"x-embedserve-provider", self.provider_header),
@@ -424,7 +480,9 @@ class Embeddings:
             fault = EmbedServeError(f"internal error: {type(exc).__name__}")
             return 500, dumps(wire.error_body(fault)), [JSON_TYPE]
         finally:
-            self.metrics.observe(route, status, time.perf_counter() - started, texts, tokens)
+            metrics.in_flight.dec()
+            metrics.queue_texts.set(self.engine.queued_texts)
+            metrics.observe(route, status, time.perf_counter() - started, texts, result)
 
     async def handle_tokens(self, scope: Scope, receive: Receive, route: str, work: Callable[[Any], Any]) -> Reply:
         """TEI's ``/tokenize`` and ``/decode``: ``work(body)`` (parse, tokenizer, payload) on a worker thread, off

@@ -47,7 +47,8 @@ EMBEDSERVE_MAX_INPUTS                  2048         texts per request (413 above
                                                     (1,000) and LlamaIndex (100) send at most. The engine cuts a request
                                                     into inference calls of max_batch_size; must not exceed
                                                     max_queue_texts (a full request would always get 429).
-EMBEDSERVE_MAX_CHARS                   20000        characters per text (413 above it); bounds tokenizer time.
+EMBEDSERVE_MAX_CHARS                   20000        characters per text with truncate=false (413 above it); bounds
+                                                    tokenizer time. With truncation on, long texts are cut instead.
 EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above it).
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
 EMBEDSERVE_API_KEY                     (none)       API keys clients must send as ``Authorization: Bearer <key>``:

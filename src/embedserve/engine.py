@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -85,6 +85,13 @@ class EmbedResult:
     batch_texts: int = 0
 
 
+class BatchObserver(Protocol):
+    """Something told about each inference call (the service's Prometheus metrics)."""
+
+    def batch(self, texts: int, padded_tokens: int, seconds: float) -> None:
+        """One call of ``texts`` texts padded to ``padded_tokens`` tokens took ``seconds`` (model and pooling)."""
+
+
 @dataclass
 class PhaseTimings:
     """Seconds spent per phase (accumulated over calls); for benchmarks and ``/info``."""
@@ -142,6 +149,8 @@ class Engine:
             else None
         )
         self.timings = PhaseTimings()
+        #: Told about every inference call (metrics); ``None``: nobody listens.
+        self.observer: BatchObserver | None = None
         self._scheduler: Scheduler | None = None
         self._scheduler_lock = threading.Lock()
 
@@ -282,6 +291,8 @@ class Engine:
             timings.batches += 1
             timings.texts += len(index)
             timings.padded_tokens += int(feed["attention_mask"].size)
+            if self.observer is not None:
+                self.observer.batch(len(index), int(feed["attention_mask"].size), time.perf_counter() - started)
         timings.tokens += tokens.n_tokens
         return out
 

@@ -19,7 +19,7 @@ GUARDED = [  # method, path, body, shape of the error body (OpenAI routes under 
     ("POST", "/decode", {"ids": [101, 7592, 102]}, "tei"),
     ("POST", "/v2/nothing", {}, "tei"),  # unknown routes too: without a key nothing about the routes is told
 ]
-PUBLIC = ["/livez", "/readyz", "/healthz", "/health", "/metrics"]
+PUBLIC = ["/livez", "/readyz", "/healthz", "/health", "/metrics", "/openapi.json", "/docs"]
 
 
 def call(url: str, method: str, path: str, body, key: str | None = None) -> httpx.Response:
@@ -79,3 +79,11 @@ def test_the_key_is_never_shown(keyed_server, api_keys):
 def test_no_key_required_by_default(url):
     assert httpx.get(f"{url}/info", timeout=10).json()["api_key_required"] is False
     assert call(url, "POST", "/v1/embeddings", {"input": "x"}, key="anything").status_code == 200
+
+
+def test_the_schema_says_when_a_key_is_required(keyed_server, url):
+    keyed = httpx.get(f"{keyed_server.url}/openapi.json", timeout=10).json()
+    assert keyed["security"] == [{"bearer": []}]
+    assert keyed["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert keyed["paths"]["/health"]["get"]["security"] == []  # the public routes say so
+    assert "security" not in httpx.get(f"{url}/openapi.json", timeout=10).json()

@@ -234,6 +234,40 @@ def test_metrics_labelled_with_route_and_provider(url):
     assert "embedserve_texts_total" in text
 
 
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of /metrics by its name and labels (``name{a="b"}``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_metrics_an_autoscaler_can_use(url):
+    """Issue 9: queue depth, requests in flight, batch size in texts and tokens, and time per phase (names in
+    docs/observability.md). Three requests of 5 texts on an idle server: three observations per phase, at least
+    one inference call of at most 15 texts per request, nothing queued or in flight afterwards."""
+    before = scrape(url)
+    for i in range(3):
+        assert post(url, "/v1/embeddings", {"input": [f"text {i}.{k}" for k in range(5)]}).status_code == 200
+    after = scrape(url)
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    for phase in ("tokenize", "queue", "inference"):
+        assert grew(f'embedserve_phase_seconds_count{{phase="{phase}"}}') == 3
+    calls = grew("embedserve_batch_texts_count")
+    assert 3 <= calls and grew("embedserve_batch_texts_sum") == 15 and grew("embedserve_batch_seconds_count") == calls
+    assert grew("embedserve_batch_tokens_sum") >= 15 * 4  # [CLS] text i . k [SEP]: padded tokens, at least 4 each
+    assert after["embedserve_queue_texts"] == 0 and after["embedserve_requests_in_flight"] == 0
+    assert grew('embedserve_texts_total{provider="cpu",route="/v1/embeddings"}') == 15
+
+
 BAD_OPENAI = [
     (b"{not json", 400, None, "not valid JSON"),
     ([1, 2], 422, None, "JSON object"),
