@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.setup-stamp
 PORT ?= 3000
+IMAGE ?= all
 MODEL_NAME ?= embedserve-all-minilm-l6-v2
 EXPORT_ARGS ?=
 BENCH_ARGS ?=
@@ -40,8 +41,8 @@ model: setup
 serve: model ## set up, export the default model if the store lacks it, and serve it on PORT (default 3000)
 	EMBEDSERVE_MODEL=$(MODEL_NAME):latest $(BIN)/bentoml serve service:Embeddings --port $(PORT)
 
-build: setup ## export if needed, re-run the parity gate on the stored model, then `bentoml build`
-	$(PY) -m export build --name $(MODEL_NAME) $(EXPORT_ARGS)
+build: setup ## export if needed, re-run the parity gate, then `bentoml build` the GPU and CPU images (IMAGE=gpu|cpu: one)
+	$(PY) -m export build --name $(MODEL_NAME) --image $(IMAGE) $(EXPORT_ARGS)
 
 test: setup ## set up and run the whole test suite (unit, export, runtime, service)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -21,17 +21,24 @@ from export.pipeline import export_model, recheck
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The images: the bentofile of each (the bento's name is in it). The GPU one carries onnxruntime-gpu and the CUDA
+#: libraries from PyPI (it also runs on a CPU host); the CPU one carries onnxruntime only.
+IMAGES = {"gpu": "bentofile.yaml", "cpu": "bentofile.cpu.yaml"}
+
+
 def build_bento(
     config: ExportConfig,
     *,
     thresholds: ParityThresholds | None = None,
+    images: tuple[str, ...] = tuple(IMAGES),
     project_dir: Path = ROOT,
     stream: TextIO | None = None,
-) -> str:
-    """Export ``config.model_name`` if the store lacks it, re-check parity, then ``bentoml build``.
+) -> dict[str, str]:
+    """Export ``config.model_name`` if the store lacks it, re-check parity once, then ``bentoml build`` each of
+    ``images`` with that exact model version.
 
     Returns:
-        The bento tag.
+        The bento tag of each image.
 
     Raises:
         ParityError: the stored model fails the gate; no bento is built.
@@ -51,12 +58,16 @@ def build_bento(
     print(f"parity gate on {tag} ({path})", file=stream, flush=True)
     recheck(path, thresholds=thresholds, stream=stream)
     env = {**os.environ, "EMBEDSERVE_MODEL": tag}
-    command = [str(Path(sys.executable).parent / "bentoml"), "build", str(project_dir), "--output", "tag"]
-    result = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"bentoml build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    match = re.search(r"__tag__:(\S+)", result.stdout) or re.search(r"(embedserve:\w+)", result.stdout)
-    bento = match.group(1) if match else result.stdout.strip().splitlines()[-1]
-    print(f"bento: {bento} (model {tag})", file=stream, flush=True)
-    print(f"containerize with: bentoml containerize {bento}", file=stream, flush=True)
-    return bento
+    built = {}
+    for image in images:
+        bentofile = project_dir / IMAGES[image]
+        command = [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile), str(project_dir)]
+        result = subprocess.run([*command, "--output", "tag"], cwd=project_dir, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"bentoml build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        match = re.search(r"__tag__:(\S+)", result.stdout) or re.search(r"(embedserve[\w-]*:\w+)", result.stdout)
+        bento = match.group(1) if match else result.stdout.strip().splitlines()[-1]
+        print(f"bento: {bento} ({image} image, model {tag})", file=stream, flush=True)
+        print(f"containerize with: bentoml containerize {bento}", file=stream, flush=True)
+        built[image] = bento
+    return built

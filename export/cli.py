@@ -3,7 +3,7 @@
     python -m export [--model ID_OR_DIR] [--name NAME] [--output DIR] ...   export + parity gate + register
     python -m export check (--artifact DIR | --tag NAME[:VERSION])           re-run the parity gate
     python -m export find --tag NAME[:VERSION]                               print a stored model's directory
-    python -m export build [--name NAME] [--threshold ...]                   parity gate, then `bentoml build`
+    python -m export build [--name NAME] [--image all|gpu|cpu] [--threshold ...]   parity gate, then `bentoml build`
 
 Exit codes: 0 success, 2 bad arguments, 3 parity failed, 4 model not supported, 5 not found, 1 other errors.
 """
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="export if needed, re-run the parity gate, then `bentoml build`")
     _add_export_options(build)
     _add_parity_options(build)
+    build.add_argument(
+        "--image",
+        choices=("all", "gpu", "cpu"),
+        default="all",
+        help="which bento: gpu (onnxruntime-gpu with CUDA libraries), cpu (onnxruntime only), or all (default)",
+    )
     return parser
 
 
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             from export.bento import build_bento
 
-            build_bento(config, thresholds=thresholds if args.threshold else None)
+            images = ("gpu", "cpu") if args.image == "all" else (args.image,)
+            build_bento(config, thresholds=thresholds if args.threshold else None, images=images)
             return 0
         from export.pipeline import export_model
 
