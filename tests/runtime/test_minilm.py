@@ -58,7 +58,6 @@ def fp32(minilm_artifact) -> Engine:
 
 
 def test_end_to_end_export_of_the_packaged_model(minilm_export, manifest, bentoml_home):
-    assert minilm_export.seconds < 600
     assert manifest["source"]["kind"] == "package"
     assert manifest["source"]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["model"]["dimension"] == 384 and manifest["model"]["max_seq_length"] == 256
