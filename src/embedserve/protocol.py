@@ -29,7 +29,9 @@ from embedserve.errors import (
     MalformedRequestError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     TokenIdsError,
+    UnsupportedMediaTypeError,
 )
 
 ENCODING_FORMATS = ("float", "base64")
@@ -344,6 +346,8 @@ def loads(body: bytes) -> Any:
 STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
     (PayloadTooLargeError, 413),
     (InputTooLongError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (RequestTimeoutError, 408),
     (MalformedRequestError, 400),
     (EmptyInputError, 400),
     (InputError, 422),
