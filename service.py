@@ -46,6 +46,9 @@ from embedserve import (
 )
 from embedserve.auth import ApiKeys
 from embedserve.config import resolve_workers
+from embedserve.connections import configure_server
+from embedserve.disclosure import file_name, public_model_id, public_providers, public_source
+from embedserve.errors import MalformedRequestError, RequestTimeoutError
 from embedserve.protocol import (
     OPENAI,
     TEI,
@@ -60,7 +63,9 @@ from embedserve.protocol import (
     tokens_payload,
 )
 from embedserve.providers import short_name
+from embedserve.request_body import check_framing, check_json_content_type, content_length, decoder_for
 from embedserve.schema import openapi, request_models
+from embedserve.supervision import install_supervision
 
 log = logging.getLogger("embedserve.service")
 
@@ -99,28 +104,50 @@ class ClientGone(Exception):
     """The client disconnected before its request body was read."""
 
 
-async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
-    """The request body, refusing bodies above ``max_bytes`` (by Content-Length first, then as it arrives)."""
+async def read_body(scope: Scope, receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body: JSON by its Content-Type, decoded from its Content-Encoding, at most ``max_bytes`` (by
+    Content-Length first, then as it arrives and as it is decoded), received within ``timeout_s`` seconds (a client
+    that trickles its body would otherwise hold a connection and a request slot until the 120 s request timeout).
+
+    Raises:
+        UnsupportedMediaTypeError: not JSON, or an unknown coding (415).
+        PayloadTooLargeError: above ``max_bytes``, compressed or decoded (413).
+        MalformedRequestError: a broken compressed stream (400).
+        RequestTimeoutError: the body took longer than ``timeout_s`` (408).
+        ClientGone: the client disconnected.
+    """
+    headers = scope["headers"]
+    check_json_content_type(headers)
+    decoder = decoder_for(headers, max_bytes)
     too_large = PayloadTooLargeError(
         f"the request body is larger than max_body_bytes={max_bytes}",
         limit_name="max_body_bytes",
         limit=max_bytes,
     )
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise too_large
+    length = content_length(headers)  # a valid number: HttpEdge checked the framing
+    if length is not None and length > max_bytes:
+        raise too_large
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        with anyio.fail_after(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(decoder.feed(chunk) if decoder is not None else chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body was not received within body_timeout_s={timeout_s:g} seconds ({size} bytes arrived)"
+        ) from None
+    if decoder is not None:
+        decoder.finish()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 #: Powers of two: texts per inference call (1..4,096) and padded tokens per call (16..262,144).
@@ -210,6 +237,8 @@ class _Metrics:
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_TYPE = (b"content-type", b"application/json")
+#: Makes uvicorn close the connection after the response (it reads the response's Connection header).
+CLOSE = (b"connection", b"close")
 
 
 def _swagger_asset(name: str) -> Callable[[], bytes]:
@@ -313,6 +342,11 @@ class HttpEdge:
             return
         handler = self.routes.get((scope["method"], scope["path"]))
         refused = self.refuse(scope) if self.check_keys else None
+        try:  # first: a request with an ambiguous length is refused whatever its route, and its connection closed
+            check_framing(scope["headers"])
+        except MalformedRequestError as exc:
+            wire = OPENAI if scope["path"].startswith("/v1/") else TEI
+            refused = 400, dumps(wire.error_body(exc)), [JSON_TYPE, CLOSE]
         if refused is not None:
             reply = refused
         elif handler is None:
@@ -324,6 +358,8 @@ class HttpEdge:
         else:
             reply = await handler(scope, receive)
         status, body, headers = reply
+        if status == 408:  # the rest of a trickled body is not waited for: uvicorn closes after the response
+            headers.append(CLOSE)
         headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -403,7 +439,10 @@ class Embeddings:
     def check_model() -> None:
         """Load the model once before any worker starts, so that a corrupt or missing artifact, a bad setting or
         a demanded-but-missing GPU stops ``bentoml serve`` with exit code 1 and a clear message (a failure in
-        ``__init__`` would make BentoML restart the worker forever)."""
+        ``__init__`` would make BentoML restart the worker forever). Runs in the process that supervises the
+        workers, which from here on logs a worker that dies, with its cause, and refuses new connections as soon as
+        the server stops (:mod:`embedserve.supervision`)."""
+        install_supervision()
         try:
             Engine(BENTO_MODEL.resolve().path, Settings.from_env().runtime).close()
         except EmbedServeError as exc:
@@ -415,7 +454,7 @@ class Embeddings:
         stored = self.bento_model
         self.tag = str(stored.tag)
         self.engine = Engine(stored.path, self.settings.runtime)
-        self.model_id = str(self.engine.artifact.source.get("model") or self.engine.artifact.name)
+        self.model_id = public_model_id(self.engine.artifact.source, self.engine.artifact.name)
         #: When the served model was stored (Unix seconds): OpenAI's ``Model.created``.
         self.created = int(stored.creation_time.timestamp())
         self.provider = short_name(self.engine.providers.primary)
@@ -430,6 +469,7 @@ class Embeddings:
         )
         self.warmup_s = self.engine.warmup()
         self.engine.observer = self.metrics  # after the warm-up: its batches are not traffic
+        configure_server(self.settings.timeouts)  # uvicorn's keep-alive and shutdown deadline, our header timeout
         http_app.configure(
             self.settings.api_keys,
             openapi(
@@ -448,7 +488,9 @@ class Embeddings:
         metrics = self.metrics
         metrics.in_flight.inc()
         try:
-            body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
+            body = loads(
+                await read_body(scope, receive, self.settings.limits.max_body_bytes, self.settings.timeouts.body_s)
+            )
             req = wire.parse(body, self.models)
             metrics.queue_texts.set(self.engine.queued_texts)  # sampled as each request arrives and leaves
             result = await self.engine.submit(req.texts, req.options)
@@ -490,7 +532,9 @@ class Embeddings:
         started = time.perf_counter()
         status = 500
         try:
-            body = loads(await read_body(scope, receive, self.settings.limits.max_body_bytes))
+            body = loads(
+                await read_body(scope, receive, self.settings.limits.max_body_bytes, self.settings.timeouts.body_s)
+            )
             payload = await anyio.to_thread.run_sync(work, body)
             status = 200
             return 200, dumps(payload), [JSON_TYPE]
@@ -518,11 +562,14 @@ class Embeddings:
         return self.engine.decode(request.ids, skip_special_tokens=request.skip_special_tokens)
 
     def info(self) -> dict[str, Any]:
+        """TEI's ``/info`` and ours, with no filesystem paths or library errors (:mod:`embedserve.disclosure`)."""
         engine = self.engine
         artifact = engine.artifact
         parity = artifact.parity or {}
         scheduler = engine.scheduler
         precision = artifact.graph(engine.role).precision
+        runtime = engine.describe()
+        corpus = parity.get("corpus")
         return {
             # TEI's Info keys first (what TEI's clients and dashboards read), then ours
             "model_id": self.model_id,
@@ -552,13 +599,14 @@ class Embeddings:
                 "max_batch_size": engine.shape.max_batch_size,
                 "max_batch_tokens": engine.shape.max_batch_tokens,
             },
-            "runtime": engine.describe(),
+            "timeouts": self.settings.timeouts.__dict__,
+            "runtime": {**runtime, "providers": public_providers(runtime["providers"])},
             "workers": self.settings.workers,
             "api_key_required": self.settings.api_keys.required,
             "warmup_s": round(self.warmup_s, 3),
             "parity": {
                 "passed": parity.get("passed"),
-                "corpus": parity.get("corpus"),
+                "corpus": {**corpus, "path": file_name(corpus.get("path"))} if corpus else corpus,
                 "artifacts": {
                     role: {"precision": r["precision"], "provider": r["provider"], **r["metrics"]}
                     for role, r in (parity.get("artifacts") or {}).items()
@@ -574,5 +622,5 @@ class Embeddings:
                 "serving": {"embedserve": __version__, "bentoml": bentoml.__version__, **engine.versions()},
                 "export": artifact.manifest.get("versions", {}),
             },
-            "source": artifact.source,
+            "source": public_source(artifact.source, self.model_id),
         }

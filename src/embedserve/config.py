@@ -50,6 +50,20 @@ EMBEDSERVE_MAX_INPUTS                  2048         texts per request (413 above
 EMBEDSERVE_MAX_CHARS                   20000        characters per text with truncate=false (413 above it); bounds
                                                     tokenizer time. With truncation on, long texts are cut instead.
 EMBEDSERVE_MAX_BODY_BYTES              4194304      request body size (413 above it).
+EMBEDSERVE_HEADER_TIMEOUT_S            10           seconds a connection has to send a request's headers (from the
+                                                    connection's start or the end of the previous response); then it
+                                                    is closed. Bounds connections that send nothing or trickle
+                                                    headers (slowloris); a client on a slow link needs more.
+EMBEDSERVE_BODY_TIMEOUT_S              30           seconds to receive a whole request body once its headers are in;
+                                                    then 408 and the connection is closed. 4 MiB (max_body_bytes) in
+                                                    30 s needs about 1.1 Mbit/s; raise both together.
+EMBEDSERVE_KEEP_ALIVE_S                5            seconds an idle keep-alive connection is kept (uvicorn's
+                                                    timeout_keep_alive). Longer saves reconnects for bursty clients
+                                                    and holds more idle sockets; a proxy in front should use less.
+EMBEDSERVE_SHUTDOWN_TIMEOUT_S          20           graceful-shutdown deadline (uvicorn's timeout_graceful_shutdown)
+                                                    after SIGTERM: in-flight requests that are not done by then are
+                                                    cancelled and the worker exits. Below Kubernetes' default 30 s
+                                                    grace period, so the pod is not SIGKILLed mid-drain.
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
 EMBEDSERVE_API_KEY                     (none)       API keys clients must send as ``Authorization: Bearer <key>``:
                                                     ``key``, ``key1,key2`` or ``@/path/file`` (one key per line, ``#``
@@ -194,12 +208,33 @@ class Limits:
             _positive(name, getattr(self, name))
 
 
+#: The largest accepted value of a timeout (an hour): waits must be finite.
+MAX_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """Connection and request timeouts of the HTTP server, in seconds (see the table above for each trade-off)."""
+
+    header_s: float = 10.0
+    body_s: float = 30.0
+    keep_alive_s: float = 5.0
+    shutdown_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        for name in ("header_s", "body_s", "keep_alive_s", "shutdown_s"):
+            value = getattr(self, name)
+            if not 0 < value <= MAX_TIMEOUT_S:  # NaN and inf fail too
+                raise ConfigError(f"timeout {name} must be above 0 and at most {MAX_TIMEOUT_S:g} s, got {value}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the service needs besides the artifact."""
 
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     workers: int = 1
     api_keys: ApiKeys = field(default_factory=ApiKeys)
 
@@ -253,6 +288,11 @@ class Settings:
         reader.put(limit_kwargs, "max_inputs", "MAX_INPUTS", int)
         reader.put(limit_kwargs, "max_chars", "MAX_CHARS", int)
         reader.put(limit_kwargs, "max_body_bytes", "MAX_BODY_BYTES", int)
+        timeout_kwargs: dict[str, Any] = {}
+        reader.put(timeout_kwargs, "header_s", "HEADER_TIMEOUT_S", float)
+        reader.put(timeout_kwargs, "body_s", "BODY_TIMEOUT_S", float)
+        reader.put(timeout_kwargs, "keep_alive_s", "KEEP_ALIVE_S", float)
+        reader.put(timeout_kwargs, "shutdown_s", "SHUTDOWN_TIMEOUT_S", float)
         try:  # not through reader.put: its message quotes the value, here a key
             api_keys = ApiKeys.parse(reader.raw("API_KEY"))
         except ConfigError as exc:
@@ -261,6 +301,7 @@ class Settings:
             return cls(
                 runtime=RuntimeConfig(**runtime_kwargs),
                 limits=Limits(**limit_kwargs),
+                timeouts=Timeouts(**timeout_kwargs),
                 workers=workers,
                 api_keys=api_keys,
             )

@@ -64,6 +64,18 @@ class PayloadTooLargeError(InputError):
     kind = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(InputError):
+    """The body's Content-Type is not JSON, or its Content-Encoding is not one the server decodes."""
+
+    kind = "unsupported_media_type"
+
+
+class RequestTimeoutError(InputError):
+    """The client did not send its whole request body within the configured body timeout."""
+
+    kind = "request_timeout"
+
+
 class AuthenticationError(EmbedServeError):
     """The request carries no API key, or not an accepted one (the key itself is never in the message)."""
 

@@ -30,7 +30,9 @@ from embedserve.errors import (
     MalformedRequestError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     TokenIdsError,
+    UnsupportedMediaTypeError,
 )
 from embedserve.schema import RequestModels, input_error
 
@@ -262,6 +264,8 @@ def loads(body: bytes) -> Any:
 STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
     (PayloadTooLargeError, 413),
     (InputTooLongError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (RequestTimeoutError, 408),
     (MalformedRequestError, 400),
     (EmptyInputError, 400),
     (InputError, 422),

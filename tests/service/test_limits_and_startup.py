@@ -59,7 +59,8 @@ def test_body_size_limit_with_and_without_content_length(limited):
             yield b"z" * 1000
         yield b'"]}'
 
-    response = httpx.post(f"{limited.url}/embed", content=chunks(), timeout=30)
+    json_type = {"content-type": "application/json"}
+    response = httpx.post(f"{limited.url}/embed", content=chunks(), headers=json_type, timeout=30)
     assert response.status_code == 413 and "max_body_bytes=20000" in response.json()["error"]
 
 
