@@ -87,6 +87,7 @@ class RequestModels:
     limits: Limits
     dimension: int
     vocab_size: int | None
+    prompts: tuple[str, ...] | None
     openai: type[BaseModel]
     tei: type[BaseModel]
     similarity: type[BaseModel]
@@ -174,6 +175,7 @@ def request_models(
         limits=limits,
         dimension=dimension,
         vocab_size=vocab_size,
+        prompts=prompts,
         openai=openai,
         tei=tei,
         similarity=similarity,
@@ -336,6 +338,9 @@ def input_error(exc: ValidationError, models: RequestModels) -> InputError:
             limit_name="vocab_size",
             limit=size,
         )
+    if field == "prompt_name" and models.prompts is not None:  # the engine's words for an unknown prompt
+        known = ", ".join(models.prompts) or "none"
+        return InputError(f"unknown prompt_name {_got(value)}; this model's prompts: {known}", param=param)
     if kind == "too_long":  # a list of texts over the input limit
         with_source = f", {len(value) + 1} texts with the source sentence" if field == "sentences" else ""
         return PayloadTooLargeError(

@@ -77,15 +77,25 @@ class Server:
         self._log.close()
 
 
+def own_home(bentoml_home: Path, directory: Path) -> Path:
+    """A BENTOML_HOME of its own for one server, with the session's model store linked in: every `bentoml serve`
+    empties ``$BENTOML_HOME/prometheus_multiproc_dir`` at start, which would wipe the metrics files of a server
+    already running on the same home (its later samples would never reach /metrics)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "models").symlink_to(bentoml_home / "models", target_is_directory=True)
+    return directory
+
+
 @pytest.fixture(scope="session")
-def start_server(minilm_export, tmp_path_factory) -> Iterator:
+def start_server(minilm_export, bentoml_home, tmp_path_factory) -> Iterator:
     """Factory: start a server with extra environment variables; every server is stopped at the end."""
     servers: list[Server] = []
 
     def start(env: Mapping[str, str] | None = None, *, wait: bool = True) -> Server:
+        work = tmp_path_factory.mktemp("server")
+        home = own_home(bentoml_home, work / "bentoml")
         server = Server(
-            {"EMBEDSERVE_MODEL": minilm_export.tag, **(env or {})},
-            tmp_path_factory.mktemp("server") / "serve.log",
+            {"EMBEDSERVE_MODEL": minilm_export.tag, "BENTOML_HOME": str(home), **(env or {})}, work / "serve.log"
         )
         servers.append(server)
         if wait:
