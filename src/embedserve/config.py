@@ -52,6 +52,7 @@ EMBEDSERVE_MAX_QUEUE_WAIT_S            2            seconds of work that may be 
                                                     by the warm-up); a request that would wait longer gets 429 at once,
                                                     with Retry-After the time the queue needs to drain to the bound.
                                                     Longer = fewer 429s under bursts, slower answers; finite, > 0.
+                                                    (A RuntimeConfig made in code has no bound, nor a deadline.)
 EMBEDSERVE_REQUEST_DEADLINE_S          10           seconds an accepted request may wait before it starts computing;
                                                     past it it is dropped and answered 503 (code deadline_exceeded)
                                                     rather than computed for a client that has probably given up. A
@@ -139,6 +140,12 @@ GPU_WORKERS = 4
 #: instead of queueing. Measured on 2 cores, one-text requests: 2 workers x 1 session 226-460 requests/s depending on
 #: the split, 1 worker x 2 sessions 350-384, 2 workers x 2 sessions 385 at a 22/10 split.
 CPU_SESSIONS = 2
+#: The service's bound on the predicted queue wait: a client that gets 429 at once can retry or go elsewhere, where
+#: one admitted to a 20 s queue just waits (the issue-10 probe: 24-30 s waits at 512 clients with a 4,096-text queue).
+SERVICE_QUEUE_WAIT_S = 2.0
+#: The service's request deadline: five times the admission bound, so it drops only requests the throughput estimate
+#: misjudged, and far below the 120 s request timeout.
+SERVICE_DEADLINE_S = 10.0
 #: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
@@ -148,7 +155,10 @@ class RuntimeConfig:
     """How the engine runs: providers, artifact choice, threads, batch shape and queue.
 
     ``None`` for a batch or thread setting means "the default for the provider the session really gets"
-    (:data:`CPU_BATCH`, :data:`GPU_BATCH`).
+    (:data:`CPU_BATCH`, :data:`GPU_BATCH`). ``None`` for ``max_queue_wait_s`` or ``request_deadline_s`` means no
+    bound: what a caller in code wants (the parity gate, benchmarks and bulk jobs send everything at once and need
+    every text computed); the service's settings (:meth:`Settings.from_env`) default to :data:`SERVICE_QUEUE_WAIT_S`
+    and :data:`SERVICE_DEADLINE_S`.
     """
 
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
@@ -165,8 +175,8 @@ class RuntimeConfig:
     max_job_tokens: int | None = None
     batch_wait_ms: float = 0.0
     max_queue_texts: int = 4096
-    max_queue_wait_s: float = 2.0
-    request_deadline_s: float = 10.0
+    max_queue_wait_s: float | None = None
+    request_deadline_s: float | None = None
     io_binding: bool | None = None
     cuda_sdpa_kernel: int | None = None
     verify_hashes: bool = True
@@ -190,9 +200,14 @@ class RuntimeConfig:
         if not 0 <= self.batch_wait_ms <= 1000:  # NaN fails too
             raise ConfigError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
         for name in ("max_queue_wait_s", "request_deadline_s"):  # inf would never refuse or never expire
-            if not 0 < getattr(self, name) < math.inf:  # NaN fails too
-                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {getattr(self, name)}")
-        if self.request_deadline_s < self.max_queue_wait_s:
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:  # NaN fails too
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+        if (
+            self.request_deadline_s is not None
+            and self.max_queue_wait_s is not None
+            and self.request_deadline_s < self.max_queue_wait_s
+        ):
             raise ConfigError(
                 f"request_deadline_s={self.request_deadline_s:g} is below max_queue_wait_s={self.max_queue_wait_s:g}: "
                 "requests admitted to a full queue would expire before their turn"
@@ -289,6 +304,8 @@ class Settings:
         reader.put(runtime_kwargs, "max_queue_texts", "MAX_QUEUE_TEXTS", int)
         reader.put(runtime_kwargs, "max_queue_wait_s", "MAX_QUEUE_WAIT_S", float)
         reader.put(runtime_kwargs, "request_deadline_s", "REQUEST_DEADLINE_S", float)
+        runtime_kwargs.setdefault("max_queue_wait_s", SERVICE_QUEUE_WAIT_S)
+        runtime_kwargs.setdefault("request_deadline_s", SERVICE_DEADLINE_S)
         reader.put(runtime_kwargs, "io_binding", "IO_BINDING", _auto(_bool))
         reader.put(runtime_kwargs, "cuda_sdpa_kernel", "CUDA_SDPA_KERNEL", _auto(int))
         reader.put(runtime_kwargs, "verify_hashes", "VERIFY_HASHES", _bool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import platform
 import queue
 import threading
@@ -388,8 +389,8 @@ class Engine:
                         max_job_texts=shape.max_job_texts,
                         max_job_units=shape.max_job_tokens,
                         cost=self.estimate_tokens,
-                        max_queue_wait_s=config.max_queue_wait_s,
-                        deadline_s=config.request_deadline_s,
+                        max_queue_wait_s=config.max_queue_wait_s or math.inf,
+                        deadline_s=config.request_deadline_s or math.inf,
                         throughput=self._warm_throughput,
                         max_wait_s=config.batch_wait_ms / 1000.0,
                         pipelined=self.tokenizer_threads > 1,

@@ -114,6 +114,9 @@ def test_defaults_are_explicit():
     assert settings.runtime.intra_op_threads >= 1
     assert settings.runtime.providers == prov.DEFAULT_PREFERENCE
     assert settings.limits == Limits()
+    # the service bounds its queue and its requests' wait; an engine made in code (parity gate, bulk jobs) does not
+    assert (settings.runtime.max_queue_wait_s, settings.runtime.request_deadline_s) == (2.0, 10.0)
+    assert RuntimeConfig().max_queue_wait_s is None and RuntimeConfig().request_deadline_s is None
 
 
 @pytest.mark.parametrize(
