@@ -138,8 +138,10 @@ def _candidate_cuts(ordered: np.ndarray, max_batch_size: int, max_batch_tokens: 
     return sorted(seen)
 
 
-#: Weight the throughput estimate keeps per finished job (the new job gets the rest). Jobs are weighted by their
-#: seconds, so after a quiet spell of one-text jobs (slow per text) the first full jobs of a burst dominate at once.
+#: Weight the throughput estimate keeps per finished job (the new job gets the rest); jobs are weighted by their
+#: seconds. Only jobs of at least half the job limits (texts or units) are measured: jobs have that size when a
+#: queue is waiting, which is when the estimate is used, while the one-text jobs of a quiet spell are mostly
+#: per-call overhead: measuring them would refuse the next burst of small requests too early.
 THROUGHPUT_DECAY = 0.9
 
 
@@ -283,8 +285,9 @@ class Scheduler:
     2,048-text one therefore waits for the job running and at most one piece of the big request, not for all of
     it; two big requests alternate piece by piece. The pieces' results are joined in order by ``merge``.
 
-    **Admission by time.** The scheduler measures its throughput in cost units per second (jobs weighted by their
-    seconds, older jobs decayed by :data:`THROUGHPUT_DECAY`, times ``inference_threads``). A request's predicted
+    **Admission by time.** The scheduler measures its throughput in cost units per second (jobs of at least half
+    the job limits, weighted by their seconds, older jobs decayed by :data:`THROUGHPUT_DECAY`, times
+    ``inference_threads``). A request's predicted
     wait is the cost queued in the rounds its pieces will go into (what will be computed before its last piece)
     divided by that throughput; above ``max_queue_wait_s`` it is refused at once with :class:`OverloadedError`,
     whose ``retry_after_s`` is the time the queue needs to drain to the bound. ``max_queue_texts`` caps the texts
@@ -583,7 +586,9 @@ class Scheduler:
                 pending.fail(exc)
             return
         finished = time.perf_counter()
-        self.observe(sum(p.units for p in job), finished - started)
+        units = sum(p.units for p in job)
+        if 2 * sum(len(p.texts) for p in job) >= self.max_job_texts or 2 * units >= self.max_job_units:
+            self.observe(units, finished - started)  # see THROUGHPUT_DECAY
         complete: list[Request] = []
         with self._lock:
             stats = self.stats
