@@ -2,7 +2,8 @@
 says, how long accepted requests wait, and how long a one-text request waits while maximum-size requests run.
 
 * ``burst``: ``--clients`` clients each send one request of ``--texts`` unique texts at the same moment (one
-  asyncio client, a connection each), then one one-text request is timed ("the first normal answer after").
+  asyncio client, a connection each, giving up after ``--timeout``), then one one-text request is timed ("the
+  first normal answer after").
 * ``fair``: one client sends requests of ``--big`` texts back to back while another sends one-text requests one
   after the other for ``--seconds``; the one-text latencies are reported.
 
@@ -44,16 +45,19 @@ def _summary(seconds: list[float]) -> dict[str, float] | None:
     }
 
 
-async def burst(url: str, clients: int, texts: int, words: int) -> dict[str, Any]:
+async def burst(url: str, clients: int, texts: int, words: int, timeout: float) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
-    async with httpx.AsyncClient(limits=limits, timeout=130) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         go = asyncio.Event()
 
         async def one(i: int) -> tuple[int, float, str | None, str]:
             body = {"input": [_text(i, j, words) for j in range(texts)]}
             await go.wait()
             started = time.perf_counter()
-            response = await client.post(f"{url}/v1/embeddings", json=body)
+            try:
+                response = await client.post(f"{url}/v1/embeddings", json=body)
+            except httpx.TimeoutException:  # the client gives up (--timeout): status 0
+                return 0, time.perf_counter() - started, None, "client_timeout"
             elapsed = time.perf_counter() - started
             if response.status_code == 200:
                 assert len(response.json()["data"]) == texts
@@ -65,7 +69,9 @@ async def burst(url: str, clients: int, texts: int, words: int) -> dict[str, Any
         go.set()
         results = await asyncio.gather(*tasks)
         started = time.perf_counter()
-        after = await client.post(f"{url}/v1/embeddings", json={"input": "the first request after the burst"})
+        after = await client.post(
+            f"{url}/v1/embeddings", json={"input": "the first request after the burst"}, timeout=130
+        )
         after_s = time.perf_counter() - started
     by_status: dict[int, list[float]] = {}
     for status, elapsed, _, _ in results:
@@ -124,10 +130,11 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=12, help="words per text (about 1.3 tokens each)")
     parser.add_argument("--big", type=int, default=2048)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--timeout", type=float, default=130.0, help="burst: client timeout in seconds")
     args = parser.parse_args()
     info = httpx.get(f"{args.url}/info", timeout=10).json()
     if args.probe == "burst":
-        result = asyncio.run(burst(args.url, args.clients, args.texts, args.words))
+        result = asyncio.run(burst(args.url, args.clients, args.texts, args.words, args.timeout))
     else:
         result = asyncio.run(fair(args.url, args.big, args.words, args.seconds))
     info = httpx.get(f"{args.url}/info", timeout=10).json()

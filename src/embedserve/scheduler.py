@@ -311,7 +311,7 @@ class Scheduler:
             estimates tokens from characters); the default counts texts.
         max_queue_wait_s: the predicted wait above which a request is refused.
         deadline_s: seconds an admitted request may wait before computing; ``inf`` for none.
-        throughput: cost units per second of one inference thread, assumed until the first job is measured (the
+        throughput: cost units per second of all inference threads together, assumed until jobs are measured (the
             engine measures it in its warm-up); ``None``: no time bound until then.
         max_wait_s: how long the inference stage waits for more requests when it has less than a job (0 = none).
         pipelined: tokenize on a stage of its own, overlapping inference (a GPU host); otherwise the inference
@@ -357,8 +357,8 @@ class Scheduler:
         self._seq = 0
         self._measured_units = 0.0  # decayed sums over finished jobs
         self._measured_s = 0.0
-        if throughput is not None:
-            self.observe(throughput, 1.0)
+        if throughput is not None:  # as one second of one thread's work
+            self.observe(throughput / inference_threads, 1.0)
         self.pipelined = pipelined
         self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads)
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step) if pipelined else self._inference

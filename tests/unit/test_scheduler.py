@@ -428,9 +428,9 @@ def test_the_text_cap_refusal_says_when_to_retry():
 def test_throughput_is_measured_from_finished_jobs_weighted_by_their_seconds():
     model = FakeModel()
     scheduler = model.scheduler(throughput=100.0, inference_threads=2)
-    assert scheduler.throughput == pytest.approx(200.0)  # the seed is per thread
-    scheduler.observe(1000.0, 1.0)  # a job of 1,000 units in 1 s
-    assert scheduler.throughput == pytest.approx(2 * (100 * 0.9 + 1000) / (0.9 + 1.0))
+    assert scheduler.throughput == pytest.approx(100.0)  # the seed is for all threads together
+    scheduler.observe(1000.0, 1.0)  # one thread computed a job of 1,000 units in 1 s
+    assert scheduler.throughput == pytest.approx(2 * (50 * 0.9 + 1000) / (0.9 + 1.0))
 
     measured = scheduler.throughput
 
