@@ -17,6 +17,7 @@ Library errors are mapped to status codes by :func:`embedserve.protocol.status_f
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -508,11 +509,11 @@ class Embeddings:
             return 200, dumps(wire.respond(req, result, self.model_id)), headers
         except EmbedServeError as exc:
             status = status_for(exc)
-            if status >= 500:
+            if status == 500:  # a fault; a 503 (deadline passed under overload) is the scheduler doing its job
                 log.exception("request failed")
             headers = [JSON_TYPE]
             if isinstance(exc, OverloadedError):
-                headers.append((b"retry-after", b"%d" % int(max(1, exc.retry_after_s))))
+                headers.append((b"retry-after", b"%d" % math.ceil(max(1.0, exc.retry_after_s))))
             return status, dumps(wire.error_body(exc)), headers
         except ClientGone:
             status = 499

@@ -33,12 +33,35 @@ EMBEDSERVE_MAX_BATCH_SIZE              cpu 32       texts per inference call. On
                                        gpu 256      past 32 and cost memory; a GPU needs large batches to be busy.
 EMBEDSERVE_MAX_BATCH_TOKENS            cpu 8192     padded tokens per inference call (batch x longest); bounds memory.
                                        gpu 65536
-EMBEDSERVE_MAX_JOB_TEXTS               cpu 32       texts the inference stage takes at once (a request is never split).
-                                       gpu 1024     Smaller jobs let HTTP work overlap inference; larger batch better.
+EMBEDSERVE_MAX_JOB_TEXTS               cpu 32       texts the inference stage takes at once. A larger request is cut
+                                       gpu 1024     into jobs of at most this many texts, interleaved with other
+                                                    requests' jobs (its vectors are joined in order): a one-text
+                                                    request waits for about one job, not for a whole 2,048-text
+                                                    request. Smaller jobs wait less behind big requests; larger ones
+                                                    fill the GPU better.
+EMBEDSERVE_MAX_JOB_TOKENS              cpu 2048     estimated tokens per job (characters / 4 + 2 per text, at most
+                                       gpu 262144   max_seq_length; a job holds at least one text). On a CPU it bounds
+                                                    a job of long texts to about 8 x 256 tokens instead of 32 x 256,
+                                                    so the wait behind a big request of long texts stays short; per
+                                                    token a CPU is as fast with 8 texts per call as with 32.
 EMBEDSERVE_BATCH_WAIT_MS               0            how long the inference stage waits for more requests when it has
                                                     less than a job; more waiting = fuller batches, added latency.
                                                     0 to 1000. The stages batch whatever arrived while they worked.
-EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model; above it requests get 429 at once.
+EMBEDSERVE_MAX_QUEUE_WAIT_S            2            seconds of work that may be queued ahead of a request, predicted
+                                                    from the measured throughput (estimated tokens per second, seeded
+                                                    by the warm-up); a request that would wait longer gets 429 at once,
+                                                    with Retry-After the time the queue needs to drain to the bound.
+                                                    Longer = fewer 429s under bursts, slower answers; finite, > 0.
+                                                    (A RuntimeConfig made in code has no bound, nor a deadline.)
+EMBEDSERVE_REQUEST_DEADLINE_S          10           seconds an accepted request may wait before it starts computing;
+                                                    past it it is dropped and answered 503 (code deadline_exceeded)
+                                                    rather than computed for a client that has probably given up. A
+                                                    request that has started runs to its end. The backstop for a
+                                                    throughput estimate that is off (traffic whose length changed);
+                                                    finite, >= max_queue_wait_s (above the 120 s request timeout it
+                                                    never acts: the client has had its 504 by then).
+EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model (a memory cap); above it requests get
+                                                    429 at once.
 EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs explicitly (auto: on CUDA).
 EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
                                                     for the fp16 graph, whose default kernel is rebuilt for every new
@@ -74,6 +97,7 @@ EMBEDSERVE_API_KEY                     (none)       API keys clients must send a
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -107,15 +131,20 @@ class BatchShape:
     max_batch_size: int
     max_batch_tokens: int
     max_job_texts: int
+    max_job_tokens: int
     overhead_tokens: int
 
 
 #: A CPU: batches past 32 are not faster and cost memory; one call costs about 32 padded tokens of work (the
 #: planner cut a 64-text mixed request fastest with 16-64).
-CPU_BATCH = BatchShape(max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, overhead_tokens=32)
+CPU_BATCH = BatchShape(
+    max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
+)
 #: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.
-GPU_BATCH = BatchShape(max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, overhead_tokens=2048)
+GPU_BATCH = BatchShape(
+    max_batch_size=256, max_batch_tokens=65536, max_job_texts=1024, max_job_tokens=262144, overhead_tokens=2048
+)
 #: Workers on a GPU host: each has its own session on the same GPU and its own event loop and tokenizer. Measured on
 #: an H200 with 16 cores, 64 clients (benchmarks/results/bench_gpu.json): 4 workers 53,187 embeddings/s at 16 texts
 #: per request, 1 worker 16,005 (one process's tokenizer and event loop limit); one-text requests 2,430 vs 2,570/s.
@@ -126,6 +155,12 @@ GPU_WORKERS = 4
 #: instead of queueing. Measured on 2 cores, one-text requests: 2 workers x 1 session 226-460 requests/s depending on
 #: the split, 1 worker x 2 sessions 350-384, 2 workers x 2 sessions 385 at a 22/10 split.
 CPU_SESSIONS = 2
+#: The service's bound on the predicted queue wait: a client that gets 429 at once can retry or go elsewhere, where
+#: one admitted to a 20 s queue just waits (the issue-10 probe: 24-30 s waits at 512 clients with a 4,096-text queue).
+SERVICE_QUEUE_WAIT_S = 2.0
+#: The service's request deadline: five times the admission bound, so it drops only requests the throughput estimate
+#: misjudged, and far below the 120 s request timeout.
+SERVICE_DEADLINE_S = 10.0
 #: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
@@ -135,7 +170,10 @@ class RuntimeConfig:
     """How the engine runs: providers, artifact choice, threads, batch shape and queue.
 
     ``None`` for a batch or thread setting means "the default for the provider the session really gets"
-    (:data:`CPU_BATCH`, :data:`GPU_BATCH`).
+    (:data:`CPU_BATCH`, :data:`GPU_BATCH`). ``None`` for ``max_queue_wait_s`` or ``request_deadline_s`` means no
+    bound: what a caller in code wants (the parity gate, benchmarks and bulk jobs send everything at once and need
+    every text computed); the service's settings (:meth:`Settings.from_env`) default to :data:`SERVICE_QUEUE_WAIT_S`
+    and :data:`SERVICE_DEADLINE_S`.
     """
 
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
@@ -149,8 +187,11 @@ class RuntimeConfig:
     max_batch_size: int | None = None
     max_batch_tokens: int | None = None
     max_job_texts: int | None = None
+    max_job_tokens: int | None = None
     batch_wait_ms: float = 0.0
     max_queue_texts: int = 4096
+    max_queue_wait_s: float | None = None
+    request_deadline_s: float | None = None
     io_binding: bool | None = None
     cuda_sdpa_kernel: int | None = None
     verify_hashes: bool = True
@@ -166,12 +207,26 @@ class RuntimeConfig:
             "max_batch_size",
             "max_batch_tokens",
             "max_job_texts",
+            "max_job_tokens",
             "max_queue_texts",
         ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if not 0 <= self.batch_wait_ms <= 1000:  # NaN fails too
             raise ConfigError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
+        for name in ("max_queue_wait_s", "request_deadline_s"):  # inf would never refuse or never expire
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:  # NaN fails too
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value}")
+        if (
+            self.request_deadline_s is not None
+            and self.max_queue_wait_s is not None
+            and self.request_deadline_s < self.max_queue_wait_s
+        ):
+            raise ConfigError(
+                f"request_deadline_s={self.request_deadline_s:g} is below max_queue_wait_s={self.max_queue_wait_s:g}: "
+                "requests admitted to a full queue would expire before their turn"
+            )
         if self.cuda_sdpa_kernel is not None and self.cuda_sdpa_kernel < 0:
             raise ConfigError(f"cuda_sdpa_kernel must be >= 0, got {self.cuda_sdpa_kernel}")
         if not self.providers:
@@ -184,6 +239,7 @@ class RuntimeConfig:
             max_batch_size=self.max_batch_size or base.max_batch_size,
             max_batch_tokens=self.max_batch_tokens or base.max_batch_tokens,
             max_job_texts=self.max_job_texts or base.max_job_texts,
+            max_job_tokens=self.max_job_tokens or base.max_job_tokens,
             overhead_tokens=base.overhead_tokens,
         )
 
@@ -279,8 +335,13 @@ class Settings:
         reader.put(runtime_kwargs, "max_batch_size", "MAX_BATCH_SIZE", int)
         reader.put(runtime_kwargs, "max_batch_tokens", "MAX_BATCH_TOKENS", int)
         reader.put(runtime_kwargs, "max_job_texts", "MAX_JOB_TEXTS", int)
+        reader.put(runtime_kwargs, "max_job_tokens", "MAX_JOB_TOKENS", int)
         reader.put(runtime_kwargs, "batch_wait_ms", "BATCH_WAIT_MS", float)
         reader.put(runtime_kwargs, "max_queue_texts", "MAX_QUEUE_TEXTS", int)
+        reader.put(runtime_kwargs, "max_queue_wait_s", "MAX_QUEUE_WAIT_S", float)
+        reader.put(runtime_kwargs, "request_deadline_s", "REQUEST_DEADLINE_S", float)
+        runtime_kwargs.setdefault("max_queue_wait_s", SERVICE_QUEUE_WAIT_S)
+        runtime_kwargs.setdefault("request_deadline_s", SERVICE_DEADLINE_S)
         reader.put(runtime_kwargs, "io_binding", "IO_BINDING", _auto(_bool))
         reader.put(runtime_kwargs, "cuda_sdpa_kernel", "CUDA_SDPA_KERNEL", _auto(int))
         reader.put(runtime_kwargs, "verify_hashes", "VERIFY_HASHES", _bool)

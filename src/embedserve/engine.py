@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import platform
 import queue
 import threading
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 #: Texts per step of a direct call: tokenizing the next step overlaps running this one.
 STEP_TEXTS = 1024
+#: Characters per token assumed when a request's cost is estimated before it is tokenized (English WordPiece and
+#: BPE: about 4). The scheduler measures its throughput in the same estimated tokens, so a constant error in this
+#: ratio cancels out; only traffic mixing very different ratios (English and CJK) makes its wait predictions err.
+CHARS_PER_TOKEN = 4.0
+#: Special tokens added to every text ([CLS] ... [SEP]), in the same estimate.
+SPECIAL_TOKENS = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +90,20 @@ class EmbedResult:
     queue_s: float = 0.0
     inference_s: float = 0.0
     batch_texts: int = 0
+
+    @classmethod
+    def concat(cls, parts: Sequence[EmbedResult]) -> EmbedResult:
+        """One result from the results of a request's jobs, in order: counts and phase times are summed over
+        the jobs (two jobs may have run at once on two sessions), ``batch_texts`` is the largest job."""
+        return cls(
+            np.concatenate([p.vectors for p in parts]),
+            tokens=sum(p.tokens for p in parts),
+            truncated=sum(p.truncated for p in parts),
+            tokenize_s=sum(p.tokenize_s for p in parts),
+            queue_s=sum(p.queue_s for p in parts),
+            inference_s=sum(p.inference_s for p in parts),
+            batch_texts=max(p.batch_texts for p in parts),
+        )
 
 
 class BatchObserver(Protocol):
@@ -153,6 +174,7 @@ class Engine:
         self.observer: BatchObserver | None = None
         self._scheduler: Scheduler | None = None
         self._scheduler_lock = threading.Lock()
+        self._warm_throughput: float | None = None  # estimated tokens/s of one session, measured by warmup()
 
     # -- what is loaded ------------------------------------------------------------------------------------------
 
@@ -369,22 +391,36 @@ class Engine:
         if self._scheduler is None:
             with self._scheduler_lock:
                 if self._scheduler is None:
+                    config, shape = self.config, self.shape
                     self._scheduler = Scheduler(
                         self._tokenize_requests,
                         self._infer_requests,
-                        max_queue_texts=self.config.max_queue_texts,
-                        max_job_texts=self.shape.max_job_texts,
-                        max_wait_s=self.config.batch_wait_ms / 1000.0,
+                        merge=EmbedResult.concat,
+                        max_queue_texts=config.max_queue_texts,
+                        max_job_texts=shape.max_job_texts,
+                        max_job_units=shape.max_job_tokens,
+                        cost=self.estimate_tokens,
+                        max_queue_wait_s=config.max_queue_wait_s or math.inf,
+                        deadline_s=config.request_deadline_s or math.inf,
+                        throughput=self._warm_throughput,
+                        max_wait_s=config.batch_wait_ms / 1000.0,
                         pipelined=self.tokenizer_threads > 1,
                         inference_threads=len(self.models),
                     )
         return self._scheduler
 
+    def estimate_tokens(self, text: str) -> float:
+        """Tokens ``text`` is expected to cost, from its characters (before it is tokenized): what the scheduler
+        cuts jobs by and predicts waits with."""
+        return min(len(text) / CHARS_PER_TOKEN + SPECIAL_TOKENS, self.max_seq_length)
+
     async def submit(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> EmbedResult:
-        """Embed one request's texts together with whatever else is waiting.
+        """Embed one request's texts together with whatever else is waiting (a large request in several jobs,
+        interleaved with other requests').
 
         Raises:
-            OverloadedError: the queue holds ``max_queue_texts`` texts already.
+            OverloadedError: the queue is full (``max_queue_wait_s`` of work, or ``max_queue_texts`` texts).
+            DeadlineExceededError: the request waited ``request_deadline_s`` without starting.
             InputTooLongError, InputError: as :meth:`run`, for this request only.
         """
         return await self.scheduler.submit(texts, options)
@@ -459,8 +495,18 @@ class Engine:
         batch = min(shape.max_batch_size, max(1, shape.max_batch_tokens // self.max_seq_length))
         text = " ".join(["warmup"] * (self.max_seq_length * 2))
         for _ in self.models:  # sessions are taken in turn: each one allocates its buffers once
+            full = time.perf_counter()
             self.embed([text] * batch)
+            full = time.perf_counter() - full
             self.embed(["warmup"])
+        # The scheduler's first throughput estimate, for all sessions together: one session's rate on a full batch
+        # (its first run, allocation included). Not times the sessions: on a CPU host the sessions of a worker share
+        # its core (a worker per core; on 2 cores a 256-client burst measured about 1,500 estimated tokens/s per
+        # worker, and one session alone computes about 1,700 tokens/s of 256-token texts). Measured jobs replace it.
+        units, seconds = batch * self.estimate_tokens(text), full
+        self._warm_throughput = units / seconds
+        if self._scheduler is not None:
+            self._scheduler.observe(units / len(self.models), seconds)
         self.timings.reset()
         return time.perf_counter() - started
 

@@ -86,12 +86,25 @@ class AuthenticationError(EmbedServeError):
 
 
 class OverloadedError(EmbedServeError):
-    """The server queue is full; the client should retry later."""
+    """The server cannot take the request now (its queue would wait too long, or holds too many texts).
+
+    Attributes:
+        retry_after_s: when the queue is predicted to have room for it again (the ``Retry-After`` header).
+    """
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(EmbedServeError):
+    """An accepted request waited past its deadline without starting to compute: it is dropped rather than computed
+    for a caller that has probably given up (a 503: the server, not the client, is at fault)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class JobAbandoned(EmbedServeError):

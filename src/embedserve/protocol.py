@@ -23,6 +23,7 @@ from embedserve.config import Limits
 from embedserve.engine import DEFAULT_OPTIONS, EmbedOptions, EmbedResult
 from embedserve.errors import (
     AuthenticationError,
+    DeadlineExceededError,
     EmbedServeError,
     EmptyInputError,
     InputError,
@@ -270,6 +271,7 @@ STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
     (EmptyInputError, 400),
     (InputError, 422),
     (OverloadedError, 429),
+    (DeadlineExceededError, 503),
     (AuthenticationError, 401),
 )
 
@@ -296,6 +298,8 @@ def _openai_error_body(exc: EmbedServeError) -> dict:
         )
     if isinstance(exc, OverloadedError):
         return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
+    if isinstance(exc, DeadlineExceededError):
+        return openai_error(exc.message, error_type="server_error", code="deadline_exceeded")
     if isinstance(exc, AuthenticationError):  # what OpenAI answers for a missing or wrong key
         return openai_error(exc.message, error_type="invalid_request_error", code=exc.code)
     return openai_error(str(exc), error_type="server_error")
@@ -307,7 +311,7 @@ def _tei_error_body(exc: EmbedServeError) -> dict:
         return tei_error(exc.message, error_type="Empty")
     if isinstance(exc, InputError):
         return tei_error(exc.message, error_type="Validation")
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, (OverloadedError, DeadlineExceededError)):
         return tei_error(exc.message, error_type="Overloaded")
     if isinstance(exc, AuthenticationError):
         return tei_error(exc.message, error_type="Unauthorized")

@@ -1,32 +1,36 @@
-"""Scheduling: admission, the two worker stages (tokenize, infer), and batch planning.
+"""Scheduling: admission, deadlines, fair interleaving, the two worker stages (tokenize, infer), batch planning.
 
-:func:`plan_batches` is pure. :class:`Scheduler` takes requests from the event loop and runs them on two threads:
+:func:`plan_batches` is pure. :class:`Scheduler` takes requests from the event loop, cuts each into pieces of at
+most a job, and runs them on two threads:
 
-* the **tokenizer stage** takes every request waiting, tokenizes them together (one batch encoding per
-  truncation side and prompt) and hands them on;
-* the **inference stage** takes the tokenized requests as a job, runs it (the engine sorts the texts by length,
-  cuts them into batches, pads, runs the model, pools) and finishes each request's vectors.
+* the **tokenizer stage** takes every piece waiting, tokenizes them together (one batch encoding per truncation
+  side and prompt) and hands them on;
+* the **inference stage** takes pieces as a job, in fair-queueing order (a big request's pieces alternate with
+  other requests'), runs it (the engine sorts the texts by length, cuts them into batches, pads, runs the model,
+  pools) and, once every piece of a request is computed, joins and returns its result.
 
-The stages overlap: while the model runs one job, the next requests are tokenized. Nothing runs on the event
-loop but admission and the hand-over of results. A failed job fails every waiter with the cause attached; a
-request whose caller went away (cancelled future) is skipped before it is tokenized or computed.
+The stages overlap: while the model runs one job, the next pieces are tokenized. Nothing runs on the event loop
+but admission (a request that would wait longer than the bound is refused at once), the deadline timers and the
+hand-over of results. A failed job fails every waiter with the cause attached; a request whose caller went away
+(cancelled future) or whose deadline passed is skipped before it is tokenized or computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
+import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from embedserve.errors import JobAbandoned, OverloadedError
+from embedserve.errors import DeadlineExceededError, JobAbandoned, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -134,25 +138,54 @@ def _candidate_cuts(ordered: np.ndarray, max_batch_size: int, max_batch_tokens: 
     return sorted(seen)
 
 
-@dataclass
+#: Weight the throughput estimate keeps per finished job (the new job gets the rest); jobs are weighted by their
+#: seconds. Only jobs of at least half the job limits (texts or units) are measured: jobs have that size when a
+#: queue is waiting, which is when the estimate is used, while the one-text jobs of a quiet spell are mostly
+#: per-call overhead: measuring them would refuse the next burst of small requests too early.
+THROUGHPUT_DECAY = 0.9
+
+
+@dataclass(eq=False)
+class Request:
+    """One caller's texts: cut into one or more :class:`Pending` pieces, answered through one future."""
+
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    pieces: list[Pending] = field(default_factory=list)
+    parts: list[Any] = field(default_factory=list)
+    remaining: int = 0  # pieces not computed yet
+    started: bool = False  # a piece was taken for computing: the deadline no longer applies
+    failed: bool = False  # set by the thread that failed it, before the event loop sets the future
+    timer: asyncio.TimerHandle | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed = True  # its other pieces are skipped from now on, not from when the loop gets to it
+        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+
+
+@dataclass(eq=False)
 class Pending:
-    """One request moving through the stages."""
+    """One piece of a request (at most a job's worth of its texts) moving through the stages."""
 
     texts: Sequence[str]
     options: Any
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.perf_counter)
+    request: Request
+    index: int = 0  # position among the request's pieces
+    units: float = 0.0  # estimated cost: the scheduler's ``cost`` summed over the texts
+    round: int = 0  # fair-queueing round: pieces are taken in (round, seq) order
+    seq: int = 0
+    counted: bool = False  # counted as queued (for admission) until it is taken for computing or dropped
     tokens: Any = None  # what the tokenizer stage produced
     tokenize_s: float = 0.0
     tokenized_at: float = 0.0
 
     @property
     def abandoned(self) -> bool:
-        return self.future.done()
+        """The request is answered already: its caller left, its deadline passed, or a piece of it failed."""
+        return self.request.failed or self.request.future.done()
 
     def fail(self, exc: BaseException) -> None:
-        self.loop.call_soon_threadsafe(_set_exception, self.future, exc)
+        self.request.fail(exc)
 
 
 def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
@@ -168,22 +201,34 @@ def _set_results(pairs: list[tuple[asyncio.Future, Any]]) -> None:
 
 @dataclass
 class SchedulerStats:
-    """Counters for ``/info`` and benchmarks."""
+    """Counters for ``/info`` and benchmarks.
+
+    Attributes:
+        requests: requests answered with vectors; ``texts`` their texts.
+        abandoned: requests whose caller went away before they finished (their queued pieces are never computed).
+        expired: requests failed at their deadline before any of their texts was computed.
+        refused: requests refused at admission (:class:`OverloadedError`).
+        throughput: measured cost units per second, all inference threads together (``None`` before any
+            measurement); what admission divides the queue by.
+    """
 
     jobs: int = 0
     requests: int = 0
     texts: int = 0
     failed_jobs: int = 0
     abandoned: int = 0
+    expired: int = 0
+    refused: int = 0
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
+    throughput: float | None = None
 
 
 class _Stage:
-    """A deque of pending requests served by ``threads`` daemon threads."""
+    """Pending pieces in (round, seq) order, served by ``threads`` daemon threads."""
 
     def __init__(self, name: str, work: Callable[[], None], threads: int = 1) -> None:
-        self.items: deque[Pending] = deque()
+        self.items: list[tuple[int, int, Pending]] = []  # a heap
         self.ready = threading.Condition()
         self._work = work
         self.threads = [
@@ -196,15 +241,20 @@ class _Stage:
         for thread in self.threads:
             thread.start()
 
-    def put(self, item: Pending) -> None:
-        with self.ready:
-            self.items.append(item)
-            self.ready.notify()
-
     def put_many(self, items: Sequence[Pending]) -> None:
         with self.ready:
-            self.items.extend(items)
-            self.ready.notify()
+            for item in items:
+                heapq.heappush(self.items, (item.round, item.seq, item))
+            self.ready.notify(len(items))
+
+    def head(self) -> Pending:
+        return self.items[0][2]
+
+    def pop(self) -> Pending:
+        return heapq.heappop(self.items)[2]
+
+    def texts(self) -> int:
+        return sum(len(item.texts) for _, _, item in self.items)
 
     def wait(self) -> bool:
         """Block until items are waiting (True) or the stage closed (False). Call with ``ready`` held."""
@@ -226,13 +276,43 @@ class _Stage:
 
 
 class Scheduler:
-    """Admission and the tokenize -> infer pipeline for one engine.
+    """Admission, deadlines, fair interleaving and the tokenize -> infer pipeline for one engine.
+
+    **Pieces and fairness.** A request is cut into pieces of at most ``max_job_texts`` texts and ``max_job_units``
+    estimated cost, so one job never holds more than that of any request. Pieces are queued by fair-queueing
+    round: a request's k-th piece goes into round ``current + k``, where ``current`` is the round of the last piece
+    taken for computing, and jobs take pieces in (round, arrival) order. A one-text request that arrives behind a
+    2,048-text one therefore waits for the job running and at most one piece of the big request, not for all of
+    it; two big requests alternate piece by piece. The pieces' results are joined in order by ``merge``.
+
+    **Admission by time.** The scheduler measures its throughput in cost units per second (jobs of at least half
+    the job limits, weighted by their seconds, older jobs decayed by :data:`THROUGHPUT_DECAY`, times
+    ``inference_threads``). A request's predicted
+    wait is the cost queued in the rounds its pieces will go into (what will be computed before its last piece)
+    divided by that throughput; above ``max_queue_wait_s`` it is refused at once with :class:`OverloadedError`,
+    whose ``retry_after_s`` is the time the queue needs to drain to the bound. ``max_queue_texts`` caps the texts
+    held in memory. A request finding nothing queued is always admitted, however large.
+
+    **Deadlines and cancellation.** A request none of whose texts is computing ``deadline_s`` after admission is
+    failed with :class:`DeadlineExceededError` and its pieces are dropped; once one of its pieces has started it
+    runs to its end. A request whose future is done (its caller went away, it expired, or a piece of it failed)
+    is released from the admission count at once, and its pieces are skipped before tokenizing and before
+    computing; a job whose callers all went away stops between batches (the engine raises :class:`JobAbandoned`).
 
     Args:
-        tokenize: ``tokenize(pendings)`` sets ``tokens`` on each request (or fails it); runs on the tokenizer thread.
-        infer: ``infer(pendings) -> results`` computes one job, one result per request; on the inference thread.
-        max_queue_texts: texts allowed to wait; past it :meth:`submit` raises :class:`OverloadedError` at once.
-        max_job_texts: texts handed to ``infer`` at once (a request is never split).
+        tokenize: ``tokenize(pieces)`` sets ``tokens`` on each piece (or fails it); on the tokenizer thread.
+        infer: ``infer(pieces) -> results`` computes one job, one result per piece; on an inference thread.
+        merge: ``merge(results) -> result`` joins the results of a request's pieces, in order (only for requests
+            of more than one piece); on an inference thread.
+        max_queue_texts: texts allowed to wait (a memory cap); past it :meth:`submit` raises :class:`OverloadedError`.
+        max_job_texts: texts per piece and per job.
+        max_job_units: estimated cost per piece and per job (a piece holds at least one text).
+        cost: ``cost(text)``, the estimated cost of one text in any unit proportional to compute time (the engine
+            estimates tokens from characters); the default counts texts.
+        max_queue_wait_s: the predicted wait above which a request is refused.
+        deadline_s: seconds an admitted request may wait before computing; ``inf`` for none.
+        throughput: cost units per second of all inference threads together, assumed until jobs are measured (the
+            engine measures it in its warm-up); ``None``: no time bound until then.
         max_wait_s: how long the inference stage waits for more requests when it has less than a job (0 = none).
         pipelined: tokenize on a stage of its own, overlapping inference (a GPU host); otherwise the inference
             thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
@@ -245,22 +325,41 @@ class Scheduler:
         tokenize: Callable[[list[Pending]], None],
         infer: Callable[[list[Pending]], list[Any]],
         *,
+        merge: Callable[[list[Any]], Any],
         max_queue_texts: int,
         max_job_texts: int,
+        max_job_units: float = math.inf,
+        cost: Callable[[str], float] | None = None,
+        max_queue_wait_s: float = math.inf,
+        deadline_s: float = math.inf,
+        throughput: float | None = None,
         max_wait_s: float = 0.0,
         pipelined: bool = True,
         inference_threads: int = 1,
     ) -> None:
         self._tokenize = tokenize
         self._infer = infer
+        self._merge = merge
+        self._cost = cost
         self.max_queue_texts = max_queue_texts
         self.max_job_texts = max_job_texts
+        self.max_job_units = max_job_units
+        self.max_queue_wait_s = max_queue_wait_s
+        self.deadline_s = deadline_s
         self.max_wait_s = max_wait_s
+        self.inference_threads = inference_threads
         self.stats = SchedulerStats()
-        self._queued = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # admission counts, rounds, request state, stats
+        self._queued_texts = 0
+        self._queued_units = 0.0
+        self._rounds: dict[int, list[float]] = {}  # round -> [queued units, queued pieces]
+        self._round = 0  # the round of the last piece taken for computing
+        self._seq = 0
+        self._measured_units = 0.0  # decayed sums over finished jobs
+        self._measured_s = 0.0
+        if throughput is not None:  # as one second of one thread's work
+            self.observe(throughput / inference_threads, 1.0)
         self.pipelined = pipelined
-        self._stats_lock = threading.Lock()
         self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads)
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step) if pipelined else self._inference
         self._inference.start()
@@ -270,51 +369,168 @@ class Scheduler:
     @property
     def queued_texts(self) -> int:
         """Texts accepted and not yet computing."""
-        return self._queued
+        return self._queued_texts
 
-    def _release(self, count: int) -> None:
+    @property
+    def throughput(self) -> float | None:
+        """Measured cost units per second, all inference threads together (``None`` before any measurement)."""
+        return self.stats.throughput
+
+    def observe(self, units: float, seconds: float) -> None:
+        """Record that one inference thread computed ``units`` of cost in ``seconds`` (a finished job)."""
+        if seconds <= 0 or units <= 0:
+            return
         with self._lock:
-            self._queued -= count
+            self._measured_units = self._measured_units * THROUGHPUT_DECAY + units
+            self._measured_s = self._measured_s * THROUGHPUT_DECAY + seconds
+            self.stats.throughput = self._measured_units / self._measured_s * self.inference_threads
 
     async def submit(self, texts: Sequence[str], options: Any) -> Any:
         """Queue ``texts`` and wait for their result.
 
         Raises:
-            OverloadedError: the queue already holds ``max_queue_texts`` texts.
-            Exception: whatever tokenization or inference raised for this request.
+            OverloadedError: the queue holds ``max_queue_texts`` texts, or more than ``max_queue_wait_s`` of work
+                would be computed before this request; raised at once.
+            DeadlineExceededError: none of the texts started computing within ``deadline_s``.
+            Exception: whatever tokenization, inference or ``merge`` raised for this request.
         """
-        count = len(texts)
-        with self._lock:
-            if self._queued + count > self.max_queue_texts:
-                raise OverloadedError(
-                    f"server busy: {self._queued} texts are queued and max_queue_texts={self.max_queue_texts}; "
-                    "retry shortly"
-                )
-            self._queued += count
         loop = asyncio.get_running_loop()
-        pending = Pending(texts=texts, options=options, future=loop.create_future(), loop=loop)
-        self._tokenizer.put(pending)
-        return await pending.future  # cancelling the caller cancels the future: the stages then skip it
+        request = Request(future=loop.create_future(), loop=loop)
+        pieces = self._cut(texts, options, request)
+        with self._lock:
+            try:
+                self._admit(len(texts), pieces)
+            except OverloadedError:
+                self.stats.refused += 1
+                raise
+            for k, piece in enumerate(pieces):
+                piece.round, piece.seq = self._round + k, self._seq + k
+                self._count(piece)
+            self._seq += len(pieces)
+        request.pieces, request.parts, request.remaining = pieces, [None] * len(pieces), len(pieces)
+        if math.isfinite(self.deadline_s):
+            request.timer = loop.call_later(self.deadline_s, self._expire, request)
+        request.future.add_done_callback(functools.partial(self._forget, request))
+        self._tokenizer.put_many(pieces)
+        return await request.future  # cancelling the caller cancels the future: the stages then skip its pieces
+
+    def _cut(self, texts: Sequence[str], options: Any, request: Request) -> list[Pending]:
+        """Cut ``texts`` into pieces of at most ``max_job_texts`` texts and ``max_job_units`` (at least one text)."""
+        costs = [1.0] * len(texts) if self._cost is None else [self._cost(text) for text in texts]
+        pieces: list[Pending] = []
+        start, units = 0, 0.0
+        for i, unit in enumerate(costs):
+            if i > start and (i - start >= self.max_job_texts or units + unit > self.max_job_units):
+                pieces.append(Pending(texts[start:i], options, request, index=len(pieces), units=units))
+                start, units = i, 0.0
+            units += unit
+        pieces.append(Pending(texts[start:], options, request, index=len(pieces), units=units))
+        return pieces
+
+    def _admit(self, count: int, pieces: list[Pending]) -> None:
+        """Refuse a request the queue cannot take (lock held)."""
+        queued, rate = self._queued_texts, self.stats.throughput
+        if queued + count > self.max_queue_texts:
+            excess = (queued + count - self.max_queue_texts) * self._queued_units / max(queued, 1)
+            retry = excess / rate if rate else 1.0
+            raise OverloadedError(
+                f"server busy: {queued} texts are queued and max_queue_texts={self.max_queue_texts}; "
+                f"retry after {retry:.1f} s",
+                retry_after_s=retry,
+            )
+        if not rate or not self._queued_units:
+            return
+        ahead = 0.0  # units computed before this request's last piece: the rounds its pieces go into
+        for r in range(self._round, self._round + len(pieces)):
+            ahead += self._rounds[r][0] if r in self._rounds else 0.0
+        wait = ahead / rate
+        if wait > self.max_queue_wait_s:
+            retry = wait - self.max_queue_wait_s
+            raise OverloadedError(
+                f"server busy: the work queued ahead of this request would take {wait:.1f} s, above "
+                f"max_queue_wait_s={self.max_queue_wait_s:g}; retry after {retry:.1f} s",
+                retry_after_s=retry,
+            )
+
+    def _count(self, piece: Pending) -> None:
+        """Count ``piece`` as queued (lock held)."""
+        piece.counted = True
+        self._queued_texts += len(piece.texts)
+        self._queued_units += piece.units
+        slot = self._rounds.setdefault(piece.round, [0.0, 0])
+        slot[0] += piece.units
+        slot[1] += 1
+
+    def _uncount(self, piece: Pending) -> None:
+        """No longer count ``piece`` as queued, once (lock held)."""
+        if not piece.counted:
+            return
+        piece.counted = False
+        self._queued_texts -= len(piece.texts)
+        self._queued_units -= piece.units
+        slot = self._rounds[piece.round]
+        slot[0] -= piece.units
+        slot[1] -= 1
+        if slot[1] == 0:
+            del self._rounds[piece.round]
+        if not self._rounds:
+            self._queued_units = 0.0  # no float residue: an empty queue admits anything
+
+    def _expire(self, request: Request) -> None:
+        """The deadline timer (event loop): fail ``request`` if none of its pieces has started."""
+        with self._lock:  # the inference stage marks a request started under this lock: one of the two wins
+            if request.started or request.future.done():
+                return
+            self.stats.expired += 1
+            request.future.set_exception(
+                DeadlineExceededError(
+                    f"the request did not start computing within request_deadline_s={self.deadline_s:g} "
+                    "(EMBEDSERVE_REQUEST_DEADLINE_S); the server is overloaded, retry later"
+                )
+            )
+
+    def _forget(self, request: Request, future: asyncio.Future) -> None:
+        """The future is done (event loop): release whatever of ``request`` is still queued."""
+        if request.timer is not None:
+            request.timer.cancel()
+        with self._lock:
+            for piece in request.pieces:
+                self._uncount(piece)
+            if future.cancelled() and request.remaining:
+                self.stats.abandoned += 1
 
     # -- the two stages (worker threads) ----------------------------------------------------------------------
 
-    def _take_live(self, stage: _Stage, limit: int | None) -> list[Pending]:
-        """Pop requests from ``stage`` (with its condition held), dropping abandoned ones, up to ``limit`` texts."""
+    def _take_live(self, stage: _Stage, *, job: bool) -> list[Pending]:
+        """Pop pieces from ``stage`` (with its condition held), dropping those of answered requests.
+
+        ``job``: take at most a job (``max_job_texts`` texts and ``max_job_units``) and mark the pieces as
+        computing; otherwise take every live piece.
+        """
         taken: list[Pending] = []
-        count = 0
+        count, units = 0, 0.0
         while stage.items:
-            head = stage.items[0]
+            head = stage.head()
             if head.abandoned:
-                stage.items.popleft()
-                with self._stats_lock:
-                    self.stats.abandoned += 1
-                self._release(len(head.texts))
+                stage.pop()
+                with self._lock:
+                    self._uncount(head)
                 continue
-            if limit is not None and taken and count + len(head.texts) > limit:
+            full = count + len(head.texts) > self.max_job_texts or units + head.units > self.max_job_units
+            if job and taken and full:
                 break
-            stage.items.popleft()
+            stage.pop()
+            if job:
+                with self._lock:
+                    if head.abandoned:  # expired since the check above
+                        self._uncount(head)
+                        continue
+                    head.request.started = True
+                    self._uncount(head)
+                    self._round = max(self._round, head.round)
             taken.append(head)
             count += len(head.texts)
+            units += head.units
         return taken
 
     def _tokenize_step(self) -> None:
@@ -322,13 +538,13 @@ class Scheduler:
         with stage.ready:
             if not stage.wait():
                 return
-            batch = self._take_live(stage, None)
+            batch = self._take_live(stage, job=False)
         ready = self._tokenized(batch)
         if ready:
             self._inference.put_many(ready)
 
     def _tokenized(self, batch: list[Pending]) -> list[Pending]:
-        """Tokenize ``batch``; the requests that tokenized (the others were failed, and their texts released)."""
+        """Tokenize ``batch``; the pieces that tokenized (the others' requests were failed)."""
         if not batch:
             return batch
         self._tokenize(batch)
@@ -336,8 +552,9 @@ class Scheduler:
         ready = []
         for pending in batch:
             pending.tokenized_at = now
-            if pending.tokens is None:  # tokenization failed this request (it was told)
-                self._release(len(pending.texts))
+            if pending.tokens is None:  # tokenization failed this piece's request (it was told)
+                with self._lock:
+                    self._uncount(pending)
             else:
                 ready.append(pending)
         return ready
@@ -347,39 +564,55 @@ class Scheduler:
         with stage.ready:
             if not stage.wait():
                 return
-            if self.max_wait_s > 0 and sum(len(p.texts) for p in stage.items) < self.max_job_texts:
+            if self.max_wait_s > 0 and stage.texts() < self.max_job_texts:
                 stage.ready.wait(self.max_wait_s)
-            job = self._take_live(stage, self.max_job_texts)
+            job = self._take_live(stage, job=True)
+        started = time.perf_counter()
         if not self.pipelined:
             job = self._tokenized(job)
         if not job:
             return
-        started = time.perf_counter()
-        self._release(sum(len(p.texts) for p in job))
+        computing = time.perf_counter()
         try:
             results = self._infer(job)
         except JobAbandoned:  # every caller went away (their futures are done): nobody to tell
-            with self._stats_lock:
-                self.stats.abandoned += len(job)
-            log.info("inference job of %d requests stopped: every caller went away", len(job))
+            log.info("inference job of %d pieces stopped: every caller went away", len(job))
             return
         except Exception as exc:  # fail every waiter of this job, with the cause
-            with self._stats_lock:
+            with self._lock:
                 self.stats.failed_jobs += 1
-            log.exception("inference job of %d requests failed", len(job))
+            log.exception("inference job of %d pieces failed", len(job))
             for pending in job:
                 pending.fail(exc)
             return
-        with self._stats_lock:
+        finished = time.perf_counter()
+        units = sum(p.units for p in job)
+        if 2 * sum(len(p.texts) for p in job) >= self.max_job_texts or 2 * units >= self.max_job_units:
+            self.observe(units, finished - started)  # see THROUGHPUT_DECAY
+        complete: list[Request] = []
+        with self._lock:
             stats = self.stats
             stats.jobs += 1
-            stats.requests += len(job)
-            stats.texts += sum(len(p.texts) for p in job)
-            stats.compute_s += time.perf_counter() - started
-            stats.queue_wait_s += sum(started - p.tokenized_at for p in job)
+            stats.compute_s += finished - computing
+            stats.queue_wait_s += sum(computing - p.tokenized_at for p in job)
+            for pending, result in zip(job, results, strict=True):
+                request = pending.request
+                request.parts[pending.index] = result
+                request.remaining -= 1
+                if request.remaining == 0 and not request.future.done():
+                    complete.append(request)
+                    stats.requests += 1
+                    stats.texts += sum(len(p.texts) for p in request.pieces)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
-        for pending, result in zip(job, results, strict=True):
-            by_loop.setdefault(pending.loop, []).append((pending.future, result))
+        for request in complete:
+            try:
+                result = request.parts[0] if len(request.parts) == 1 else self._merge(request.parts)
+            except Exception as exc:
+                log.exception("joining the %d pieces of a request failed", len(request.parts))
+                request.fail(exc)
+                continue
+            request.parts = []  # the pieces' results are no longer needed
+            by_loop.setdefault(request.loop, []).append((request.future, result))
         for loop, pairs in by_loop.items():
             loop.call_soon_threadsafe(_set_results, pairs)
 

@@ -154,6 +154,18 @@ def test_authentication_errors_are_401_in_each_protocols_shape():
     assert TEI.error_body(error) == {"error": "no key", "error_type": "Unauthorized"}
 
 
+def test_a_request_past_its_deadline_is_503_in_each_protocols_shape():
+    from embedserve.errors import DeadlineExceededError
+    from embedserve.protocol import OPENAI, TEI, status_for
+
+    error = DeadlineExceededError("too late")
+    assert status_for(error) == 503
+    assert OPENAI.error_body(error) == {
+        "error": {"message": "too late", "type": "server_error", "param": None, "code": "deadline_exceeded"}
+    }
+    assert TEI.error_body(error) == {"error": "too late", "error_type": "Overloaded"}
+
+
 def test_similarity_request_and_scores():
     from embedserve.protocol import TEI_COMPAT, parse_tei_similarity, similarity_scores
 

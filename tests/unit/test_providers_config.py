@@ -66,6 +66,9 @@ def test_settings_from_env_reads_prefixed_variables_only():
             "EMBEDSERVE_WORKERS": "2",
             "EMBEDSERVE_IO_BINDING": "auto",
             "EMBEDSERVE_CUDA_SDPA_KERNEL": "1",
+            "EMBEDSERVE_MAX_QUEUE_WAIT_S": "0.5",
+            "EMBEDSERVE_REQUEST_DEADLINE_S": "4",
+            "EMBEDSERVE_MAX_JOB_TOKENS": "1000",
             "MAX_INPUTS": "999",
         }
     )
@@ -76,6 +79,8 @@ def test_settings_from_env_reads_prefixed_variables_only():
     assert settings.runtime.batch_wait_ms == 0.5
     assert settings.workers == 2
     assert settings.runtime.io_binding is None and settings.runtime.cuda_sdpa_kernel == 1
+    assert (settings.runtime.max_queue_wait_s, settings.runtime.request_deadline_s) == (0.5, 4.0)
+    assert settings.runtime.max_job_tokens == 1000
 
 
 def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch):
@@ -96,8 +101,9 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4  # GPU host: 1 session
     runtime = RuntimeConfig(max_batch_size=64)
     assert runtime.batch_shape(gpu=False) == config.BatchShape(
-        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, overhead_tokens=32
+        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
     )
+    assert RuntimeConfig(max_job_tokens=512).batch_shape(gpu=True).max_job_tokens == 512
     assert runtime.batch_shape(gpu=True).max_batch_tokens == config.GPU_BATCH.max_batch_tokens
     assert RuntimeConfig().tokenizer_pool_size(gpu=False) == 1
     assert RuntimeConfig(intra_op_threads=16).tokenizer_pool_size(gpu=True) == config.GPU_TOKENIZER_THREADS
@@ -108,6 +114,9 @@ def test_defaults_are_explicit():
     assert settings.runtime.intra_op_threads >= 1
     assert settings.runtime.providers == prov.DEFAULT_PREFERENCE
     assert settings.limits == Limits()
+    # the service bounds its queue and its requests' wait; an engine made in code (parity gate, bulk jobs) does not
+    assert (settings.runtime.max_queue_wait_s, settings.runtime.request_deadline_s) == (2.0, 10.0)
+    assert RuntimeConfig().max_queue_wait_s is None and RuntimeConfig().request_deadline_s is None
 
 
 @pytest.mark.parametrize(
@@ -120,6 +129,14 @@ def test_defaults_are_explicit():
         ({"EMBEDSERVE_PROVIDERS": "quantum"}, "EMBEDSERVE_PROVIDERS"),
         ({"EMBEDSERVE_BATCH_WAIT_MS": "inf"}, "batch_wait_ms must be between 0 and 1000"),
         ({"EMBEDSERVE_BATCH_WAIT_MS": "nan"}, "batch_wait_ms must be between 0 and 1000"),
+        ({"EMBEDSERVE_MAX_QUEUE_WAIT_S": "inf"}, "max_queue_wait_s must be a finite number of seconds > 0"),
+        ({"EMBEDSERVE_MAX_QUEUE_WAIT_S": "0"}, "max_queue_wait_s must be a finite number of seconds > 0"),
+        ({"EMBEDSERVE_MAX_QUEUE_WAIT_S": "soon"}, "EMBEDSERVE_MAX_QUEUE_WAIT_S"),
+        ({"EMBEDSERVE_REQUEST_DEADLINE_S": "inf"}, "request_deadline_s must be a finite number of seconds > 0"),
+        ({"EMBEDSERVE_REQUEST_DEADLINE_S": "nan"}, "request_deadline_s must be a finite number of seconds > 0"),
+        ({"EMBEDSERVE_REQUEST_DEADLINE_S": "-1"}, "request_deadline_s must be a finite number of seconds > 0"),
+        ({"EMBEDSERVE_REQUEST_DEADLINE_S": "1"}, "request_deadline_s=1 is below max_queue_wait_s=2"),
+        ({"EMBEDSERVE_MAX_JOB_TOKENS": "0"}, "max_job_tokens must be >= 1"),
         ({"EMBEDSERVE_WORKERS": "0"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_WORKERS": "many"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_IO_BINDING": "sometimes"}, "EMBEDSERVE_IO_BINDING"),

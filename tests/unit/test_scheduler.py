@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from embedserve.errors import InputError, OverloadedError
+from embedserve.errors import DeadlineExceededError, InputError, OverloadedError
 from embedserve.scheduler import Pending, Scheduler, plan_batches
 
 
@@ -91,35 +91,58 @@ def test_plan_empty():
 
 
 class FakeModel:
-    """tokenize: text -> int; infer: rows [x, 2x] per text. Records job sizes."""
+    """tokenize: text -> int; infer: rows [x, 2x] per text. Records what was tokenized and each job's texts.
+
+    ``gate`` holds a job before it computes (``entered`` is set once one is held), ``tokenize_gate`` holds
+    tokenization: with them a test knows exactly which pieces are queued behind which.
+    """
 
     def __init__(self, delay: float = 0.0, fail: bool = False, refuse: str | None = None) -> None:
         self.jobs: list[int] = []
+        self.inferred: list[list[str]] = []
+        self.tokenized: list[str] = []
         self.delay = delay
         self.fail = fail
         self.refuse = refuse
         self.gate = threading.Event()
         self.gate.set()
+        self.tokenize_gate = threading.Event()
+        self.tokenize_gate.set()
+        self.entered = threading.Event()
+        self.tokenizing = threading.Event()
 
     def tokenize(self, batch: list[Pending]) -> None:
+        self.tokenizing.set()
+        self.tokenize_gate.wait(5)
         for pending in batch:
+            self.tokenized.extend(pending.texts)
             if self.refuse is not None and self.refuse in pending.texts:
                 pending.fail(InputError(f"refused {self.refuse!r}"))
                 continue
             pending.tokens = np.array([int(t) for t in pending.texts], dtype=np.float32)
 
     def infer(self, job: list[Pending]) -> list[np.ndarray]:
+        self.entered.set()
         self.gate.wait(5)
         self.jobs.append(sum(len(p.texts) for p in job))
+        self.inferred.append([t for p in job for t in p.texts])
         time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("boom: model exploded")
         return [np.stack([p.tokens, p.tokens * 2], axis=1) for p in job]
 
+    async def hold(self, scheduler: Scheduler, text: str = "0") -> asyncio.Future:
+        """Submit a one-text request and return once its job is computing, held at ``gate``."""
+        self.gate.clear()
+        self.entered.clear()
+        blocker = asyncio.ensure_future(scheduler.submit([text], None))
+        assert await asyncio.to_thread(self.entered.wait, 5)
+        return blocker
+
     def scheduler(self, **kwargs) -> Scheduler:
         kwargs.setdefault("max_queue_texts", 10_000)
         kwargs.setdefault("max_job_texts", 32)
-        return Scheduler(self.tokenize, self.infer, **kwargs)
+        return Scheduler(self.tokenize, self.infer, merge=np.concatenate, **kwargs)
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
@@ -246,7 +269,7 @@ def test_a_job_whose_callers_all_left_stops_quietly_and_the_stage_goes_on():
         return infer(job)
 
     model.gate.clear()
-    scheduler = Scheduler(model.tokenize, infer_or_stop, max_queue_texts=100, max_job_texts=32)
+    scheduler = Scheduler(model.tokenize, infer_or_stop, merge=np.concatenate, max_queue_texts=100, max_job_texts=32)
 
     async def main():
         doomed = asyncio.ensure_future(scheduler.submit(["1", "2"], None))
@@ -258,4 +281,250 @@ def test_a_job_whose_callers_all_left_stops_quietly_and_the_stage_goes_on():
 
     assert asyncio.run(main())[0, 0] == 3
     assert scheduler.stats.abandoned == 1 and scheduler.stats.failed_jobs == 0
+    scheduler.close()
+
+
+def _texts(start: int, count: int) -> list[str]:
+    return [str(i) for i in range(start, start + count)]
+
+
+async def _computable(scheduler: Scheduler, texts: int) -> None:
+    """Wait until ``texts`` texts are tokenized and waiting for the (held) inference stage."""
+    for _ in range(5000):
+        if scheduler._inference.texts() == texts:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{scheduler._inference.texts()} texts are waiting for inference, not {texts}")
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_large_request_is_cut_into_bounded_jobs_and_joined_in_order(pipelined):
+    model = FakeModel()
+    scheduler = model.scheduler(max_job_texts=32, pipelined=pipelined)
+
+    async def main():
+        return await scheduler.submit(_texts(0, 100), None)
+
+    rows = asyncio.run(main())
+    np.testing.assert_array_equal(rows[:, 0], np.arange(100))
+    assert model.jobs == [32, 32, 32, 4]
+    assert scheduler.stats.requests == 1 and scheduler.stats.texts == 100 and scheduler.queued_texts == 0
+    scheduler.close()
+
+
+def test_jobs_are_also_cut_by_estimated_cost():
+    model = FakeModel()
+    # a text costs its value: 100 + 100 + 1 fits a budget of 250, the next 100 does not
+    scheduler = model.scheduler(max_job_texts=32, max_job_units=250, cost=float)
+    texts = ["100", "100", "1", "100", "300", "2"]
+
+    async def main():
+        return await scheduler.submit(texts, None)
+
+    rows = asyncio.run(main())
+    np.testing.assert_array_equal(rows[:, 0], [int(t) for t in texts])
+    assert model.inferred == [["100", "100", "1"], ["100"], ["300"], ["2"]]  # a text over budget gets a job alone
+    scheduler.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_small_request_waits_for_one_job_not_for_a_large_request(pipelined):
+    model = FakeModel()
+    scheduler = model.scheduler(max_job_texts=32, pipelined=pipelined)
+
+    async def main():
+        blocker = await model.hold(scheduler, "7")
+        big = asyncio.ensure_future(scheduler.submit(_texts(1000, 128), None))  # 4 jobs
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(scheduler.submit(["5"], None))
+        await _computable(scheduler, 129)
+        model.gate.set()
+        return await asyncio.gather(blocker, big, small)
+
+    _, big, small = asyncio.run(main())
+    np.testing.assert_array_equal(big[:, 0], np.arange(1000, 1128))
+    assert small[0, 0] == 5
+    # the big request's first job was queued first; the small one comes right after it, not after all four
+    assert model.inferred[2] == ["5"] and model.jobs == [1, 32, 1, 32, 32, 32]
+    scheduler.close()
+
+
+def test_two_large_requests_alternate_job_by_job():
+    model = FakeModel()
+    scheduler = model.scheduler(max_job_texts=32)
+
+    async def main():
+        blocker = await model.hold(scheduler)
+        first = asyncio.ensure_future(scheduler.submit(_texts(100, 64), None))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(scheduler.submit(_texts(200, 64), None))
+        await _computable(scheduler, 128)
+        model.gate.set()
+        return await asyncio.gather(blocker, first, second)
+
+    _, first, second = asyncio.run(main())
+    np.testing.assert_array_equal(first[:, 0], np.arange(100, 164))
+    np.testing.assert_array_equal(second[:, 0], np.arange(200, 264))
+    assert [job[0] for job in model.inferred[1:]] == ["100", "200", "132", "232"]
+    scheduler.close()
+
+
+def _refused_at_once(scheduler: Scheduler, texts: list[str]) -> OverloadedError:
+    """Submit without letting the coroutine wait: a refusal must come before its first suspension."""
+    coroutine = scheduler.submit(texts, None)
+    with pytest.raises(OverloadedError) as info:
+        coroutine.send(None)
+    return info.value
+
+
+def test_admission_bounds_the_predicted_wait_and_retry_after_follows_the_queue():
+    model = FakeModel()
+    # 100 texts/s measured (seeded here): 2 s of work is 200 texts ahead of a request
+    scheduler = model.scheduler(max_job_texts=32, throughput=100.0, max_queue_wait_s=2.0)
+
+    async def main():
+        blocker = await model.hold(scheduler)
+        big = asyncio.ensure_future(scheduler.submit(_texts(1000, 320), None))  # an empty queue admits anything
+        await asyncio.sleep(0)
+        # a second big request would wait for all of the first (interleaved with it): 3.2 s
+        refused = _refused_at_once(scheduler, _texts(2000, 320))
+        assert "3.2 s, above max_queue_wait_s=2" in refused.message
+        assert refused.retry_after_s == pytest.approx(1.2)
+        # a small request waits for one job of the big one: 0.32 s
+        small = asyncio.ensure_future(scheduler.submit(["5"], None))
+        await asyncio.sleep(0)
+        # requests of ten texts are admitted while less than 2 s of work is ahead of them in the first round
+        fillers = [asyncio.ensure_future(scheduler.submit(_texts(3000 + 10 * k, 10), None)) for k in range(17)]
+        await asyncio.sleep(0)
+        assert scheduler.queued_texts == 320 + 1 + 170  # all admitted: the last found 193 texts ahead (1.93 s)
+        refused = _refused_at_once(scheduler, ["6"])  # 203 texts ahead: 2.03 s
+        assert refused.retry_after_s == pytest.approx(0.03)
+        model.gate.set()
+        return await asyncio.gather(blocker, big, small, *fillers)
+
+    results = asyncio.run(main())
+    assert results[2][0, 0] == 5
+    assert scheduler.stats.refused == 2 and scheduler.queued_texts == 0
+    scheduler.close()
+
+
+def test_the_text_cap_refusal_says_when_to_retry():
+    model = FakeModel()
+    scheduler = model.scheduler(max_queue_texts=40, throughput=10.0, max_queue_wait_s=100.0)
+
+    async def main():
+        blocker = await model.hold(scheduler)
+        queued = asyncio.ensure_future(scheduler.submit(_texts(10, 30), None))
+        await asyncio.sleep(0)
+        refused = _refused_at_once(scheduler, _texts(50, 15))  # 5 texts too many: 0.5 s of work at 10 texts/s
+        assert "max_queue_texts=40" in refused.message and refused.retry_after_s == pytest.approx(0.5)
+        model.gate.set()
+        await asyncio.gather(blocker, queued)
+
+    asyncio.run(main())
+    scheduler.close()
+
+
+def test_throughput_is_measured_from_finished_jobs_weighted_by_their_seconds():
+    model = FakeModel()
+    scheduler = model.scheduler(throughput=100.0, inference_threads=2)
+    assert scheduler.throughput == pytest.approx(100.0)  # the seed is for all threads together
+    scheduler.observe(1000.0, 1.0)  # one thread computed a job of 1,000 units in 1 s
+    assert scheduler.throughput == pytest.approx(2 * (50 * 0.9 + 1000) / (0.9 + 1.0))
+
+    measured = scheduler.throughput
+
+    async def main():
+        await scheduler.submit(_texts(0, 15), None)
+        assert scheduler.throughput == measured  # under half a job: mostly per-call overhead, not measured
+        await scheduler.submit(_texts(0, 16), None)
+
+    asyncio.run(main())
+    assert scheduler.throughput != measured  # half a job was measured
+    scheduler.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_request_that_does_not_start_by_its_deadline_is_dropped_with_503s_error(pipelined):
+    model = FakeModel()
+    scheduler = model.scheduler(deadline_s=0.3, pipelined=pipelined)
+
+    async def main():
+        blocker = await model.hold(scheduler, "1")  # started at once: it runs past its deadline to its end
+        late = asyncio.ensure_future(scheduler.submit(["2", "3"], None))
+        with pytest.raises(DeadlineExceededError, match=r"request_deadline_s=0\.3 \(EMBEDSERVE_REQUEST_DEADLINE_S\)"):
+            await asyncio.wait_for(late, 5)
+        assert scheduler.queued_texts == 0  # released at the deadline, while the model is still busy
+        model.gate.set()
+        assert (await blocker)[0, 0] == 1
+        return await scheduler.submit(["4"], None)
+
+    assert asyncio.run(main())[0, 0] == 4
+    assert model.inferred == [["1"], ["4"]]  # the expired texts never reached the model
+    assert scheduler.stats.expired == 1 and scheduler.queued_texts == 0
+    scheduler.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_cancelled_request_is_skipped_before_tokenizing_and_releases_its_place_at_once(pipelined):
+    model = FakeModel()
+    scheduler = model.scheduler(pipelined=pipelined)
+
+    async def main():
+        model.tokenize_gate.clear()  # the first request holds the tokenizer (its own thread, or the inference one)
+        first = asyncio.ensure_future(scheduler.submit(["1"], None))
+        assert await asyncio.to_thread(model.tokenizing.wait, 5)
+        doomed = asyncio.ensure_future(scheduler.submit(["2", "3"], None))
+        await asyncio.sleep(0)
+        assert scheduler.queued_texts == 2 + (0 if not pipelined else 1)  # pipelined: the first is tokenizing
+        doomed.cancel()
+        await asyncio.sleep(0)  # the future's callbacks run
+        assert scheduler.queued_texts == (0 if not pipelined else 1)
+        model.tokenize_gate.set()
+        return await asyncio.gather(first, scheduler.submit(["4"], None))
+
+    first, last = asyncio.run(main())
+    assert (first[0, 0], last[0, 0]) == (1, 4)
+    assert "2" not in model.tokenized and "2" not in [t for job in model.inferred for t in job]
+    assert scheduler.stats.abandoned == 1 and scheduler.queued_texts == 0
+    scheduler.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_cancelled_large_request_stops_between_its_jobs(pipelined):
+    model = FakeModel()
+    scheduler = model.scheduler(max_job_texts=32, pipelined=pipelined)
+
+    async def main():
+        model.gate.clear()
+        model.entered.clear()
+        doomed = asyncio.ensure_future(scheduler.submit(_texts(100, 96), None))  # three jobs
+        assert await asyncio.to_thread(model.entered.wait, 5)  # its first job is computing
+        doomed.cancel()
+        await asyncio.sleep(0)
+        assert scheduler.queued_texts == 0
+        model.gate.set()
+        return await scheduler.submit(["4"], None)
+
+    assert asyncio.run(main())[0, 0] == 4
+    assert model.jobs == [32, 1]  # the first job finished; the other two never reached the model
+    if not pipelined:
+        assert model.tokenized == [*_texts(100, 32), "4"]  # nor the tokenizer
+    assert scheduler.stats.abandoned == 1
+    scheduler.close()
+
+
+def test_a_piece_that_fails_to_tokenize_fails_its_whole_request_and_the_rest_is_skipped():
+    model = FakeModel(refuse="140")
+    scheduler = model.scheduler(max_job_texts=32, pipelined=False)
+
+    async def main():
+        failed = scheduler.submit(_texts(100, 96), None)
+        with pytest.raises(InputError, match="refused '140'"):
+            await failed
+        return await scheduler.submit(["4"], None)
+
+    assert asyncio.run(main())[0, 0] == 4
+    assert model.jobs == [32, 1]  # the first job ran; the second failed; the third was skipped
+    assert scheduler.queued_texts == 0
     scheduler.close()
