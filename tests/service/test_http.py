@@ -416,3 +416,19 @@ def test_long_texts_are_cut_not_refused_and_the_response_says_so(url):
     )
     tei = post(url, "/embed", {"inputs": [long, "short"]})
     assert tei.status_code == 200 and tei.headers["x-embedserve-truncated-inputs"] == "1"
+
+
+def test_work_for_a_client_that_left_is_dropped(url):
+    """Issue 10: a client that gives up on 2,048 texts of ~200 words (minutes of work on 2 cores) no longer leaves
+    that work behind: the server sees the disconnect, cancels the request (499 in /metrics) and its remaining jobs
+    never reach the model, so the server answers the next request at once."""
+    label = 'embedserve_request_duration_seconds_count{provider="cpu",route="/v1/embeddings",status="499"}'
+    before = scrape(url).get(label, 0.0)
+    texts = [f"document {i}: " + " ".join(f"word{(i * 7 + k) % 997}" for k in range(200)) for i in range(2048)]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=httpx.Timeout(30, read=1.0))
+    deadline = time.monotonic() + 60
+    while scrape(url).get(label, 0.0) <= before:
+        assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+        time.sleep(0.5)
+    assert post(url, "/v1/embeddings", {"input": "still here"}).status_code == 200
