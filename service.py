@@ -630,6 +630,8 @@ class Embeddings:
                 **self.settings.limits.__dict__,
                 "max_input_tokens": engine.max_seq_length,
                 "max_queue_texts": engine.config.max_queue_texts,
+                "max_queue_wait_s": engine.config.max_queue_wait_s,
+                "request_deadline_s": engine.config.request_deadline_s,
                 "max_batch_size": engine.shape.max_batch_size,
                 "max_batch_tokens": engine.shape.max_batch_tokens,
             },

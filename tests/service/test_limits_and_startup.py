@@ -32,6 +32,7 @@ def test_info_lists_the_configured_limits(limited):
     assert info["limits"]["max_chars"] == 3000
     assert info["limits"]["max_body_bytes"] == 20000
     assert info["limits"]["max_queue_texts"] == 8
+    assert info["limits"]["max_queue_wait_s"] == 60.0 and info["limits"]["request_deadline_s"] == 60.0
     assert info["runtime"]["providers"]["preference"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert info["runtime"]["providers"]["active"] == ["CPUExecutionProvider"]
 
