@@ -369,6 +369,7 @@ def input_error(exc: ValidationError, models: RequestModels) -> InputError:
 _ERRORS = {
     "400": "malformed body (not JSON, not UTF-8, nested too deep) or an empty input",
     "401": "missing or wrong API key (when the server requires one)",
+    "408": "the body did not arrive within the body timeout (the connection is closed)",
     "413": "a size limit: max_body_bytes, max_inputs, or a text too long with truncate=false",
     "415": "the body is not sent as application/json, or in an unsupported Content-Encoding",
     "422": "a field of the wrong type or value (the message names it)",
