@@ -328,7 +328,7 @@ class Screen:
         if self.id_kind is None:
             self.id_kind = type(id_)
         elif not isinstance(id_, self.id_kind):
-            return f"id is a {type(id_).__name__}, the file's first id is a {self.id_kind.__name__}"
+            return f"id of type {type(id_).__name__} in a file whose first id is of type {self.id_kind.__name__}"
         if text is None:
             return "missing text"
         if not isinstance(text, str):
