@@ -21,8 +21,7 @@ manifest's SHA-256, the dimension, the options and the source file; a rerun refu
 or other options in one directory. Refused rows go to ``<output stem>.rejected.jsonl`` (``file``, ``row``, ``id``,
 ``reason``); a file that cannot be read at all is reported and the job goes on with the others (exit status 1).
 
-This module imports neither bentoml nor Ray at import time: ``--model`` imports bentoml to resolve a store tag, and
-``--ray`` imports Ray.
+This module never imports bentoml (``--model`` reads BentoML's local store as files) and imports Ray only for ``--ray``.
 """
 
 from __future__ import annotations
@@ -685,20 +684,26 @@ def run_ray(
 # -- the command --------------------------------------------------------------------------------------------------
 
 
-def resolve_model(tag: str) -> tuple[Path, str]:
+def resolve_model(tag: str, home: Path | str | None = None) -> tuple[Path, str]:
     """A BentoML store tag's artifact directory and full ``name:version`` tag.
+
+    The local store is read as the files it is (``$BENTOML_HOME/models/<name>/<version>/`` and ``<name>/latest``)
+    rather than through ``bentoml.models.get``: the library does not import bentoml (tests/unit/test_layers.py), and
+    a Ray actor needs only the directory. The tests check it against ``bentoml.models.get``.
 
     Raises:
         BulkError: the store has no such model.
     """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        model = bentoml.models.get(tag)
-    except NotFound as exc:
-        raise BulkError(f"no model {tag!r} in the BentoML store ({exc}); run `make export` or pass --artifact") from exc
-    return Path(model.path), str(model.tag)
+    home = Path(home or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    name, _, version = tag.lower().partition(":")
+    models = home / "models" / name
+    if version in ("", "latest"):
+        latest = models / "latest"
+        version = latest.read_text().strip() if latest.is_file() else ""
+    directory = models / version
+    if not version or not (directory / "model.yaml").is_file():
+        raise BulkError(f"no model {tag!r} in the BentoML store at {home}; run `make export` or pass --artifact")
+    return directory, f"{name}:{version}"
 
 
 def build_parser() -> argparse.ArgumentParser:

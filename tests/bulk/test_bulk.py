@@ -16,7 +16,17 @@ import pytest
 from tiny_models import build_tiny_model
 
 from embedserve import EmbedOptions, Engine, RuntimeConfig
-from embedserve.bulk import SUCCESS_NAME, TMP_MARK, BulkError, BulkJob, FileEmbedder, find_inputs, main, run_local
+from embedserve.bulk import (
+    SUCCESS_NAME,
+    TMP_MARK,
+    BulkError,
+    BulkJob,
+    FileEmbedder,
+    find_inputs,
+    main,
+    resolve_model,
+    run_local,
+)
 from embedserve.providers import CPU
 
 pytestmark = pytest.mark.slow
@@ -187,6 +197,18 @@ def test_rows_only_some_formats_can_hold_are_refused(tiny, engine, tmp_path):
     assert_vectors(read_output(out / "quirks.parquet"), expected)
     (refused,) = map(json.loads, (out / "quirks.rejected.jsonl").read_text().splitlines())
     assert refused["reason"] == "malformed CSV row: '8,too,many'"
+
+
+def test_model_tags_resolve_as_bentoml_does(tiny):
+    import bentoml
+
+    name = tiny.tag.split(":")[0]
+    for tag in (tiny.tag, name, f"{name}:latest"):
+        directory, full = resolve_model(tag)
+        stored = bentoml.models.get(tag)
+        assert (directory, full) == (Path(stored.path), str(stored.tag))
+    with pytest.raises(BulkError, match="no model 'embedserve-no-such-model:latest'"):
+        resolve_model("embedserve-no-such-model:latest")
 
 
 def test_inputs_that_would_share_an_output_are_refused(tiny, tmp_path):
