@@ -12,13 +12,14 @@ IMAGE ?= all
 MODEL_NAME ?= embedserve-all-minilm-l6-v2
 EXPORT_ARGS ?=
 BENCH_ARGS ?=
+BULK_ARGS ?=
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help setup export serve build test test-fast lint format bench bench-peers lock clean
+.PHONY: help setup export serve build test test-fast lint format bench bench-peers bulk lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +30,7 @@ setup: $(STAMP) ## create .venv and install everything, pinned by requirements/c
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[export,model,test,bench,dev]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[export,model,test,bench,bulk,dev]"
 	touch $(STAMP)
 
 export: setup ## export the default model (or EXPORT_ARGS='--model ...'): ONNX, O2, int8, parity gate, model store
@@ -64,6 +65,9 @@ bench: model ## run the benchmarks (library and HTTP); results go to benchmarks/
 bench-peers: model ## embedserve vs infinity-emb over HTTP with wrk (BENCH_ARGS='...'); sets up build/peers first
 	PROJECT_VENV=$(VENV) bash benchmarks/peers/setup_infinity.sh
 	$(PY) -m benchmarks.bench_peers $(BENCH_ARGS)
+
+bulk: model ## embed a corpus into Parquet: BULK_ARGS='INPUT OUTPUT [--ray local] ...' (python -m embedserve.bulk -h)
+	$(PY) -m embedserve.bulk --model $(MODEL_NAME):latest $(BULK_ARGS)
 
 lock: ## re-resolve requirements/constraints.txt from the current .venv
 	$(BIN)/pip freeze --exclude-editable | grep -v '^embedserve' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt.new
