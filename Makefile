@@ -12,6 +12,7 @@ IMAGE ?= all
 MODEL_NAME ?= embedserve-all-minilm-l6-v2
 EXPORT_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 BULK_ARGS ?=
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
@@ -65,6 +66,9 @@ bench: model ## run the benchmarks (library and HTTP); results go to benchmarks/
 bench-peers: model ## embedserve vs infinity-emb over HTTP with wrk (BENCH_ARGS='...'); sets up build/peers first
 	PROJECT_VENV=$(VENV) bash benchmarks/peers/setup_infinity.sh
 	$(PY) -m benchmarks.bench_peers $(BENCH_ARGS)
+
+soak: model ## 64 clients x 5 minutes with answer checks, a 512-client burst, a killed worker -> benchmarks/results/soak.json
+	$(PY) -m benchmarks.soak --start --model $(MODEL_NAME):latest $(SOAK_ARGS)
 
 bulk: model ## embed a corpus into Parquet: BULK_ARGS='INPUT OUTPUT [--ray local] ...' (python -m embedserve.bulk -h)
 	$(PY) -m embedserve.bulk --model $(MODEL_NAME):latest $(BULK_ARGS)
