@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help setup export serve build test test-fast lint format bench bench-peers bulk lock clean
+.PHONY: help setup export serve build test test-fast lint format bench bench-peers soak bulk lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
