@@ -515,6 +515,11 @@ class Embeddings:
         )
         log.info("model %s ready on %s after a %.1fs warm-up", self.tag, self.engine.providers.primary, self.warmup_s)
 
+    async def read_json(self, scope: Scope, receive: Receive) -> Any:
+        """The request's JSON body, within this server's body size and time limits (see :func:`read_body`)."""
+        limits, timeouts = self.settings.limits, self.settings.timeouts
+        return loads(await read_body(scope, receive, limits.max_body_bytes, timeouts.body_s))
+
     async def handle(self, scope: Scope, receive: Receive, route: str, wire: WireFormat) -> Reply:
         """The one request path: parse -> engine -> respond, errors in the wire format's shape."""
         started = time.perf_counter()
@@ -522,9 +527,7 @@ class Embeddings:
         metrics = self.metrics
         metrics.in_flight.inc()
         try:
-            body = loads(
-                await read_body(scope, receive, self.settings.limits.max_body_bytes, self.settings.timeouts.body_s)
-            )
+            body = await self.read_json(scope, receive)
             req = wire.parse(body, self.models)
             metrics.queue_texts.set(self.engine.queued_texts)  # sampled as each request arrives and leaves
             result = await submit_while_connected(self.engine.submit(req.texts, req.options), receive)
@@ -566,9 +569,7 @@ class Embeddings:
         started = time.perf_counter()
         status = 500
         try:
-            body = loads(
-                await read_body(scope, receive, self.settings.limits.max_body_bytes, self.settings.timeouts.body_s)
-            )
+            body = await self.read_json(scope, receive)
             payload = await anyio.to_thread.run_sync(work, body)
             status = 200
             return 200, dumps(payload), [JSON_TYPE]

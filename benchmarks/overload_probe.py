@@ -23,26 +23,14 @@ from collections import Counter
 from typing import Any
 
 import httpx
-import numpy as np
+
+from benchmarks.common import latency_summary
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 
 
 def _text(i: int, j: int, words: int) -> str:
     return f"request {i} item {j}: " + " ".join(WORDS[(i * 7 + j * 3 + k) % 16] for k in range(words))
-
-
-def _summary(seconds: list[float]) -> dict[str, float] | None:
-    if not seconds:
-        return None
-    values = np.asarray(seconds) * 1000
-    return {
-        "n": len(seconds),
-        "p50_ms": round(float(np.percentile(values, 50)), 1),
-        "p90_ms": round(float(np.percentile(values, 90)), 1),
-        "p99_ms": round(float(np.percentile(values, 99)), 1),
-        "max_ms": round(float(values.max()), 1),
-    }
 
 
 async def burst(url: str, clients: int, texts: int, words: int, timeout: float) -> dict[str, Any]:
@@ -81,7 +69,7 @@ async def burst(url: str, clients: int, texts: int, words: int, timeout: float) 
         "texts_per_request": texts,
         "statuses": dict(Counter(status for status, *_ in results)),
         "error_codes": dict(Counter(code for _, _, _, code in results if code)),
-        "latency_by_status": {str(k): _summary(v) for k, v in sorted(by_status.items())},
+        "latency_by_status": {str(k): latency_summary(v) for k, v in sorted(by_status.items())},
         "retry_after": dict(Counter(r for _, _, r, _ in results if r is not None)),
         "after_burst": {"status": after.status_code, "ms": round(after_s * 1000, 1)},
     }
@@ -116,8 +104,8 @@ async def fair(url: str, big: int, words: int, seconds: float) -> dict[str, Any]
         _, (small, small_statuses) = await asyncio.gather(big_client(), small_client())
     return {
         "big_texts": big,
-        "big": {"statuses": dict(big_statuses), "latency": _summary(big_latencies)},
-        "one_text": {"statuses": dict(small_statuses), "latency": _summary(small)},
+        "big": {"statuses": dict(big_statuses), "latency": latency_summary(big_latencies)},
+        "one_text": {"statuses": dict(small_statuses), "latency": latency_summary(small)},
     }
 
 

@@ -415,12 +415,8 @@ def _operation(
 
 def openapi(models: RequestModels, *, title: str, version: str, api_key_required: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the routes, from a server's request models and the response models."""
-    listed = [
-        models.openai,
-        models.tei,
-        models.similarity,
-        models.tokenize,
-        models.decode,
+    requests = [models.openai, models.tei, models.similarity, models.tokenize, models.decode]
+    responses = [
         CreateEmbeddingResponse,
         EmbedResponse,
         SimilarityResponse,
@@ -432,7 +428,7 @@ def openapi(models: RequestModels, *, title: str, version: str, api_key_required
         TeiError,
     ]
     _, schemas = models_json_schema(
-        [(m, "validation" if i < 5 else "serialization") for i, m in enumerate(listed)],
+        [(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
         ref_template="#/components/schemas/{model}",
     )
     components = schemas.get("$defs", {})
