@@ -48,9 +48,9 @@ from embedserve import (
 )
 from embedserve.auth import ApiKeys
 from embedserve.config import resolve_workers
-from embedserve.connections import configure_server
+from embedserve.connections import configure_server, running_uvicorn_server
 from embedserve.disclosure import file_name, public_model_id, public_providers, public_source
-from embedserve.errors import MalformedRequestError, RequestTimeoutError
+from embedserve.errors import ComputeTimeoutError, MalformedRequestError, RequestTimeoutError, ShuttingDownError
 from embedserve.protocol import (
     OPENAI,
     TEI,
@@ -113,18 +113,19 @@ async def _until_disconnect(receive: Receive) -> bool:
     return (await receive())["type"] == "http.disconnect"
 
 
-async def submit_while_connected(submission: Awaitable[Any], receive: Receive) -> Any:
-    """Await ``submission``, cancelling it if the client disconnects first: uvicorn tells a disconnect but does
-    not cancel the handler, and a cancelled submission is dropped by the scheduler before it reaches the model
-    (a client that timed out on 2,048 long texts used to leave minutes of work behind it).
+async def submit_while_connected(submission: Awaitable[Any], receive: Receive, timeout_s: float) -> Any:
+    """Await ``submission``, cancelling it if the client disconnects first or ``timeout_s`` passes: uvicorn tells a
+    disconnect but does not cancel the handler, and a cancelled submission is dropped by the scheduler before it
+    reaches the model (a client that timed out on 2,048 long texts used to leave minutes of work behind it).
 
     Raises:
         ClientGone: the client left first.
+        ComputeTimeoutError: ``timeout_s`` passed first.
     """
     work = asyncio.ensure_future(submission)
     watch = asyncio.ensure_future(_until_disconnect(receive))
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((work, watch), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # the handler itself was cancelled
         work.cancel()
         watch.cancel()
@@ -132,6 +133,13 @@ async def submit_while_connected(submission: Awaitable[Any], receive: Receive) -
     if work.done():
         watch.cancel()
         return work.result()
+    if not watch.done():
+        work.cancel()
+        watch.cancel()
+        raise ComputeTimeoutError(
+            f"the request was not done within request_timeout_s={timeout_s:g} (EMBEDSERVE_REQUEST_TIMEOUT_S); "
+            "its remaining work was dropped"
+        )
     if watch.exception() is None and watch.result():
         work.cancel()
         raise ClientGone
@@ -306,6 +314,24 @@ MISSING_KEY = "this server requires an API key: send the header 'Authorization: 
 WRONG_KEY = "the API key in the 'Authorization: Bearer' header is not accepted"
 
 
+def shutting_down() -> bool:
+    """True once this worker's uvicorn server has been told to exit (SIGTERM, or the arbiter stopping it)."""
+    server = running_uvicorn_server()
+    return server is not None and bool(server.should_exit)
+
+
+def direct_routes(settings: Settings) -> bool:
+    """Whether this service's routes can skip BentoML's per-request middleware (:mod:`embedserve.connections`):
+    asked for, and none of the middleware that matters is on (access log, tracing, CORS)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    cors = BentoMLContainer.http.cors.enabled.get()
+    wanted = settings.direct_routes
+    if wanted and (ACCESS_LOG or TRACING or cors):
+        log.info("BentoML's middleware is needed (access log, tracing or CORS): direct routes are off")
+    return wanted and not (ACCESS_LOG or TRACING or cors)
+
+
 def metrics_exposition() -> bytes:
     """Prometheus exposition of every worker's series (the multiprocess directory BentoML sets up)."""
     import prometheus_client as prom
@@ -390,13 +416,27 @@ class HttpEdge:
             if allowed:  # RFC 9110: a 405 lists the methods the path has
                 reply[2].append((b"allow", allowed))
         else:
-            reply = await handler(scope, receive)
+            try:
+                reply = await handler(scope, receive)
+            except asyncio.CancelledError:  # uvicorn cancels what runs at its shutdown deadline: say so, not 500
+                if not shutting_down():
+                    raise
+                reply = self.shutdown_reply(scope)
         status, body, headers = reply
         if status == 408:  # the rest of a trickled body is not waited for: uvicorn closes after the response
             headers.append(CLOSE)
         headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def shutdown_reply(scope: Scope) -> Reply:
+        """503 for a request cut by the shutdown deadline (its work is dropped): retry, on another replica."""
+        wire = OPENAI if scope["path"].startswith("/v1/") else TEI
+        error = ShuttingDownError(
+            "the server shut down before this request finished (EMBEDSERVE_SHUTDOWN_TIMEOUT_S); retry it"
+        )
+        return 503, dumps(wire.error_body(error)), [JSON_TYPE, CLOSE, (b"retry-after", b"1")]
 
     async def embed_openai(self, scope: Scope, receive: Receive) -> Reply:
         return await bentoml.get_current_service().handle(scope, receive, "/v1/embeddings", OPENAI)
@@ -503,7 +543,10 @@ class Embeddings:
         )
         self.warmup_s = self.engine.warmup()
         self.engine.observer = self.metrics  # after the warm-up: its batches are not traffic
-        configure_server(self.settings.timeouts)  # uvicorn's keep-alive and shutdown deadline, our header timeout
+        #: Whether this service's routes skip BentoML's per-request middleware (``EMBEDSERVE_DIRECT_ROUTES``).
+        self.direct_routes = direct_routes(self.settings)
+        # uvicorn's keep-alive and shutdown deadline, our header timeout, and our routes straight to our edge
+        configure_server(self.settings.timeouts, (http_app, http_app.routes) if self.direct_routes else None)
         http_app.configure(
             self.settings.api_keys,
             openapi(
@@ -530,7 +573,8 @@ class Embeddings:
             body = await self.read_json(scope, receive)
             req = wire.parse(body, self.models)
             metrics.queue_texts.set(self.engine.queued_texts)  # sampled as each request arrives and leaves
-            result = await submit_while_connected(self.engine.submit(req.texts, req.options), receive)
+            submission = self.engine.enqueue(req.texts, req.options)  # a 429 is raised here, before any task
+            result = await submit_while_connected(submission, receive, self.settings.timeouts.request_s)
             texts, status = len(req.texts), 200
             headers = [
                 JSON_TYPE,
@@ -554,6 +598,9 @@ class Embeddings:
         except ClientGone:
             status = 499
             return status, b"", []
+        except asyncio.CancelledError:  # the shutdown deadline: HttpEdge answers 503
+            status = 503
+            raise
         except Exception as exc:  # a server fault: log it, answer 500 in the protocol's shape
             log.exception("request failed")
             fault = EmbedServeError(f"internal error: {type(exc).__name__}")
@@ -639,6 +686,7 @@ class Embeddings:
             "timeouts": self.settings.timeouts.__dict__,
             "runtime": {**runtime, "providers": public_providers(runtime["providers"])},
             "workers": self.settings.workers,
+            "direct_routes": self.direct_routes,
             "api_key_required": self.settings.api_keys.required,
             "warmup_s": round(self.warmup_s, 3),
             "parity": {

@@ -4,8 +4,9 @@ says, how long accepted requests wait, and how long a one-text request waits whi
 * ``burst``: ``--clients`` clients each send one request of ``--texts`` unique texts at the same moment (one
   asyncio client, a connection each, giving up after ``--timeout``), then one one-text request is timed ("the
   first normal answer after").
-* ``fair``: one client sends requests of ``--big`` texts back to back while another sends one-text requests one
-  after the other for ``--seconds``; the one-text latencies are reported.
+* ``fair``: ``--big-clients`` clients send requests of ``--big`` texts of ``--words`` words back to back while
+  another sends one-text requests one after the other (a new connection each, so they reach every server worker)
+  for ``--seconds``; the one-text latencies are reported. Big requests still running at the end are abandoned.
 
 The client shares the machine with the server: on a small machine its CPU time is part of every latency.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -33,34 +35,122 @@ def _text(i: int, j: int, words: int) -> str:
     return f"request {i} item {j}: " + " ".join(WORDS[(i * 7 + j * 3 + k) % 16] for k in range(words))
 
 
+class _OneShot(asyncio.Protocol):
+    """One HTTP/1.1 request on a connection of its own (``Connection: close``): the answer's status, headers and
+    body as bytes, and the moment its last byte arrived. Nothing is parsed beyond the status line and headers
+    while the burst runs."""
+
+    def __init__(self, request: bytes, done: asyncio.Future) -> None:
+        self.request, self.done = request, done
+        self.buffer = bytearray()
+        self.length: int | None = None  # header bytes + Content-Length, once the headers are in
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.length is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            match = re.search(rb"\r\ncontent-length:\s*(\d+)", self.buffer[:end], re.IGNORECASE)
+            if match is None:  # no length: the body ends when the server closes
+                return
+            self.length = end + 4 + int(match.group(1))
+        if len(self.buffer) >= self.length:
+            self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result((time.perf_counter(), bytes(self.buffer)))
+
+
+def run(coroutine: Any) -> Any:
+    """Run ``coroutine`` on uvloop (installed with uvicorn): a cheaper event loop for the load generator."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def _parse_answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    """(status, lower-cased headers, JSON body or None) of one raw HTTP answer; status 0 for none."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/"):
+        return 0, {}, None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    return int(lines[0].split(" ", 2)[1]), headers, payload
+
+
 async def burst(url: str, clients: int, texts: int, words: int, timeout: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        go = asyncio.Event()
+    """``clients`` requests of ``texts`` unique texts sent at the same moment, each on a new connection.
 
-        async def one(i: int) -> tuple[int, float, str | None, str]:
-            body = {"input": [_text(i, j, words) for j in range(texts)]}
-            await go.wait()
-            started = time.perf_counter()
-            try:
-                response = await client.post(f"{url}/v1/embeddings", json=body)
-            except httpx.TimeoutException:  # the client gives up (--timeout): status 0
-                return 0, time.perf_counter() - started, None, "client_timeout"
-            elapsed = time.perf_counter() - started
-            if response.status_code == 200:
-                assert len(response.json()["data"]) == texts
-            code = "" if response.status_code == 200 else str(response.json()["error"].get("code"))
-            return response.status_code, elapsed, response.headers.get("retry-after"), code
-
-        tasks = [asyncio.create_task(one(i)) for i in range(clients)]
-        await asyncio.sleep(0.5)  # every task waits at the start line
-        go.set()
-        results = await asyncio.gather(*tasks)
-        started = time.perf_counter()
-        after = await client.post(
-            f"{url}/v1/embeddings", json={"input": "the first request after the burst"}, timeout=130
+    The load generator must cost the server's two cores as little as possible, or its own CPU time becomes most
+    of every latency: each request is encoded to bytes before the start, and each connection is a bare asyncio
+    protocol that only finds the end of its answer while the burst runs (httpx spent about 1 ms of CPU per
+    request here, enough to push every answer of a 512-client burst past 6 s). Answers are parsed afterwards.
+    The clock of a request runs from the start signal (before its TCP connect) to the last byte of its answer.
+    """
+    target = httpx.URL(url)
+    host, port = target.host, target.port or 80
+    requests = []
+    for i in range(clients):
+        body = json.dumps({"input": [_text(i, j, words) for j in range(texts)]}).encode()
+        head = (
+            f"POST /v1/embeddings HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
+        requests.append(head.encode() + body)
+    loop = asyncio.get_running_loop()
+    go = asyncio.Event()
+
+    async def one(request: bytes) -> tuple[float, float, bytes]:
+        await go.wait()
+        started = time.perf_counter()
+        done: asyncio.Future = loop.create_future()
+        try:
+            transport, _ = await loop.create_connection(lambda: _OneShot(request, done), host, port)
+        except OSError:
+            return started, time.perf_counter(), b""
+        try:
+            finished, raw = await asyncio.wait_for(done, timeout)
+        except TimeoutError:  # the client gives up (--timeout): status 0
+            finished, raw = time.perf_counter(), b""
+        transport.close()
+        return started, finished, raw
+
+    tasks = [asyncio.create_task(one(request)) for request in requests]
+    await asyncio.sleep(0.5)  # every task waits at the start line
+    cpu = time.process_time()
+    go.set()
+    answers = await asyncio.gather(*tasks)
+    client_cpu_s = time.process_time() - cpu
+    async with httpx.AsyncClient(timeout=130) as client:
+        started = time.perf_counter()
+        after = await client.post(f"{url}/v1/embeddings", json={"input": "the first request after the burst"})
         after_s = time.perf_counter() - started
+    results = []
+    for started, finished, raw in answers:
+        status, headers, payload = _parse_answer(raw)
+        if status == 200:
+            assert len(payload["data"]) == texts
+        code = ""
+        if status != 200:
+            code = str(payload["error"].get("code")) if isinstance(payload, dict) else "no_answer"
+        results.append((status, finished - started, headers.get("retry-after"), code))
     by_status: dict[int, list[float]] = {}
     for status, elapsed, _, _ in results:
         by_status.setdefault(status, []).append(elapsed)
@@ -72,39 +162,57 @@ async def burst(url: str, clients: int, texts: int, words: int, timeout: float) 
         "latency_by_status": {str(k): latency_summary(v) for k, v in sorted(by_status.items())},
         "retry_after": dict(Counter(r for _, _, r, _ in results if r is not None)),
         "after_burst": {"status": after.status_code, "ms": round(after_s * 1000, 1)},
+        "client_cpu_s": round(client_cpu_s, 3),
     }
 
 
-async def fair(url: str, big: int, words: int, seconds: float) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=130) as client:
-        stop = time.perf_counter() + seconds
-        big_latencies: list[float] = []
-        big_statuses: Counter = Counter()
+async def fair(url: str, big: int, words: int, seconds: float, big_clients: int = 1) -> dict[str, Any]:
+    stop = time.perf_counter() + seconds
+    big_latencies: list[float] = []
+    big_statuses: Counter = Counter()
 
-        async def big_client() -> None:
-            body = {"input": [_text(9000, j, words) for j in range(big)]}
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                response = await client.post(f"{url}/v1/embeddings", json=body)
-                big_statuses[response.status_code] += 1
-                big_latencies.append(time.perf_counter() - started)
+    async def big_client(client: httpx.AsyncClient, c: int) -> None:
+        body = {"input": [_text(9000 + c, j, words) for j in range(big)]}
+        while (left := stop - time.perf_counter()) > 0:
+            started = time.perf_counter()
+            try:  # a request still running at the end is abandoned (the server cancels it): status 0
+                response = await asyncio.wait_for(client.post(f"{url}/v1/embeddings", json=body), left)
+            except TimeoutError:
+                big_statuses["unfinished"] += 1
+                return
+            big_statuses[response.status_code] += 1
+            big_latencies.append(time.perf_counter() - started)
+            if response.status_code == 429:  # as a well-behaved client does
+                await asyncio.sleep(
+                    min(float(response.headers.get("retry-after", 1)), max(stop - time.perf_counter(), 0))
+                )
 
-        async def small_client() -> tuple[list[float], Counter]:
-            latencies, statuses = [], Counter()
-            await asyncio.sleep(0.5)  # the big request is running
-            k = 0
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                response = await client.post(f"{url}/v1/embeddings", json={"input": f"one small text {k}"})
-                statuses[response.status_code] += 1
-                latencies.append(time.perf_counter() - started)
-                k += 1
-            return latencies, statuses
+    async def small_client(client: httpx.AsyncClient) -> tuple[list[float], Counter]:
+        latencies, statuses = [], Counter()
+        await asyncio.sleep(0.5)  # the big requests are running
+        k = 0
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            response = await client.post(f"{url}/v1/embeddings", json={"input": f"one small text {k}"})
+            statuses[response.status_code] += 1
+            latencies.append(time.perf_counter() - started)
+            k += 1
+        return latencies, statuses
 
-        _, (small, small_statuses) = await asyncio.gather(big_client(), small_client())
+    # the big clients keep their connections; the small client opens one per request, so its requests land on
+    # every server worker (a worker computing a big request and the others alike)
+    async with (
+        httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=big_clients)) as big_http,
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as small_http,
+    ):
+        *_, (small, small_statuses) = await asyncio.gather(
+            *(big_client(big_http, c) for c in range(big_clients)), small_client(small_http)
+        )
     return {
         "big_texts": big,
-        "big": {"statuses": dict(big_statuses), "latency": latency_summary(big_latencies)},
+        "big_words": words,
+        "big_clients": big_clients,
+        "big": {"statuses": {str(k): v for k, v in big_statuses.items()}, "latency": latency_summary(big_latencies)},
         "one_text": {"statuses": dict(small_statuses), "latency": latency_summary(small)},
     }
 
@@ -117,14 +225,15 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--words", type=int, default=12, help="words per text (about 1.3 tokens each)")
     parser.add_argument("--big", type=int, default=2048)
+    parser.add_argument("--big-clients", type=int, default=1, help="fair: clients sending big requests at once")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=130.0, help="burst: client timeout in seconds")
     args = parser.parse_args()
     info = httpx.get(f"{args.url}/info", timeout=10).json()
     if args.probe == "burst":
-        result = asyncio.run(burst(args.url, args.clients, args.texts, args.words, args.timeout))
+        result = run(burst(args.url, args.clients, args.texts, args.words, args.timeout))
     else:
-        result = asyncio.run(fair(args.url, args.big, args.words, args.seconds))
+        result = run(fair(args.url, args.big, args.words, args.seconds, args.big_clients))
     info = httpx.get(f"{args.url}/info", timeout=10).json()
     result["scheduler"] = info.get("scheduler")
     print(json.dumps(result, indent=1))

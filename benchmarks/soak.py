@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.bench_http import Server, free_port
 from benchmarks.common import latency_summary, write_results
-from benchmarks.overload_probe import burst
+from benchmarks.overload_probe import burst, run
 
 DEFAULT_MODEL = "embedserve-all-minilm-l6-v2:latest"
 WORDS = "river stone garden window lantern copper violet harbor meadow signal thunder orchard compass ember".split()
@@ -175,7 +175,7 @@ def main() -> None:
         checker = Checker(sample_every=50)
         asyncio.run(steady(url, args.clients, args.seconds, checker))
         results: dict[str, Any] = {"steady": {**summary(checker), "mixups": mixups(url, checker.sample)}}
-        results["burst"] = asyncio.run(burst(url, args.burst, 16, 8, 60.0))
+        results["burst"] = run(burst(url, args.burst, 16, 8, 60.0))
         if server is not None:
             killed = asyncio.run(kill_a_worker(server, url, args.clients, args.kill_seconds))
             results["worker_kill"] = {**{k: v for k, v in killed.items() if k != "checker"}}

@@ -39,11 +39,13 @@ EMBEDSERVE_MAX_JOB_TEXTS               cpu 32       texts the inference stage ta
                                                     request waits for about one job, not for a whole 2,048-text
                                                     request. Smaller jobs wait less behind big requests; larger ones
                                                     fill the GPU better.
-EMBEDSERVE_MAX_JOB_TOKENS              cpu 2048     estimated tokens per job (characters / 4 + 2 per text, at most
-                                       gpu 262144   max_seq_length; a job holds at least one text). On a CPU it bounds
-                                                    a job of long texts to about 8 x 256 tokens instead of 32 x 256,
-                                                    so the wait behind a big request of long texts stays short; per
-                                                    token a CPU is as fast with 8 texts per call as with 32.
+EMBEDSERVE_MAX_JOB_TOKENS              cpu 256      estimated tokens per job (characters / 4 + 2 per text, at most
+                                       gpu 262144   max_seq_length; a job holds at least one text). On a CPU one
+                                                    256-token text is ~100 ms of one core here, so a job of long
+                                                    texts is one text: a one-text request waited p99 107 ms behind a
+                                                    2,048 x 256-token request at 256, 275 ms at 512, 834 ms at 2048
+                                                    (2 cores). Per token a CPU is no faster with more texts per call,
+                                                    and short texts still fill a job (16 texts/request: same rate).
 EMBEDSERVE_BATCH_WAIT_MS               0            how long the inference stage waits for more requests when it has
                                                     less than a job; more waiting = fuller batches, added latency.
                                                     0 to 1000. The stages batch whatever arrived while they worked.
@@ -62,6 +64,13 @@ EMBEDSERVE_REQUEST_DEADLINE_S          10           seconds an accepted request 
                                                     never acts: the client has had its 504 by then).
 EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model (a memory cap); above it requests get
                                                     429 at once.
+EMBEDSERVE_STAGE_NICE                  10           how much lower the tokenize and inference threads run than the
+                                                    HTTP event loop (Linux thread niceness, 0 to 19): when the cores
+                                                    are full, reading requests and answering them (a 429 above all)
+                                                    comes before computing. Measured on 2 cores, a 512-client burst:
+                                                    429 p99 1.3 s at 0, 0.7 s at 10 (before the edge below).
+                                                    0 = the same priority. ONNX Runtime's own pool threads (more than
+                                                    one intra-op thread) keep the process's priority.
 EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs explicitly (auto: on CUDA).
 EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
                                                     for the fp16 graph, whose default kernel is rebuilt for every new
@@ -87,6 +96,16 @@ EMBEDSERVE_SHUTDOWN_TIMEOUT_S          20           graceful-shutdown deadline (
                                                     after SIGTERM: in-flight requests that are not done by then are
                                                     cancelled and the worker exits. Below Kubernetes' default 30 s
                                                     grace period, so the pod is not SIGKILLed mid-drain.
+EMBEDSERVE_REQUEST_TIMEOUT_S           120          seconds an embedding request may take in all (queue and compute);
+                                                    then 504 and its remaining work is dropped. BentoML's traffic
+                                                    timeout, kept on the direct routes below.
+EMBEDSERVE_DIRECT_ROUTES               true         requests for this service's own routes go from uvicorn straight to
+                                                    its ASGI edge, past BentoML's per-request middleware (error page,
+                                                    OpenTelemetry, timeout, request context): about 0.5 ms of CPU
+                                                    per request on this project's 2-core machine, 3x a refused
+                                                    request's own cost. BentoML's routes (/livez, /readyz, ...) keep
+                                                    it. Off by itself when EMBEDSERVE_ACCESS_LOG or _TRACING is on
+                                                    or BentoML's CORS is configured: those need the middleware.
 EMBEDSERVE_VERIFY_HASHES               true         check artifact file hashes against the manifest at start-up.
 EMBEDSERVE_API_KEY                     (none)       API keys clients must send as ``Authorization: Bearer <key>``:
                                                     ``key``, ``key1,key2`` or ``@/path/file`` (one key per line, ``#``
@@ -138,7 +157,7 @@ class BatchShape:
 #: A CPU: batches past 32 are not faster and cost memory; one call costs about 32 padded tokens of work (the
 #: planner cut a 64-text mixed request fastest with 16-64).
 CPU_BATCH = BatchShape(
-    max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
+    max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=256, overhead_tokens=32
 )
 #: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.
@@ -161,6 +180,8 @@ SERVICE_QUEUE_WAIT_S = 2.0
 #: The service's request deadline: five times the admission bound, so it drops only requests the throughput estimate
 #: misjudged, and far below the 120 s request timeout.
 SERVICE_DEADLINE_S = 10.0
+#: Niceness of the service's scheduler threads (EMBEDSERVE_STAGE_NICE); a RuntimeConfig made in code has 0.
+SERVICE_STAGE_NICE = 10
 #: Tokenizer threads on a GPU host (the Rust tokenizer's pool; about 20-40 us per short text per thread).
 GPU_TOKENIZER_THREADS = 8
 
@@ -192,6 +213,7 @@ class RuntimeConfig:
     max_queue_texts: int = 4096
     max_queue_wait_s: float | None = None
     request_deadline_s: float | None = None
+    stage_nice: int = 0
     io_binding: bool | None = None
     cuda_sdpa_kernel: int | None = None
     verify_hashes: bool = True
@@ -212,6 +234,8 @@ class RuntimeConfig:
         ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        if not 0 <= self.stage_nice <= 19:
+            raise ConfigError(f"stage_nice must be between 0 and 19, got {self.stage_nice}")
         if not 0 <= self.batch_wait_ms <= 1000:  # NaN fails too
             raise ConfigError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
         for name in ("max_queue_wait_s", "request_deadline_s"):  # inf would never refuse or never expire
@@ -276,9 +300,10 @@ class Timeouts:
     body_s: float = 30.0
     keep_alive_s: float = 5.0
     shutdown_s: float = 20.0
+    request_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("header_s", "body_s", "keep_alive_s", "shutdown_s"):
+        for name in ("header_s", "body_s", "keep_alive_s", "shutdown_s", "request_s"):
             value = getattr(self, name)
             if not 0 < value <= MAX_TIMEOUT_S:  # NaN and inf fail too
                 raise ConfigError(f"timeout {name} must be above 0 and at most {MAX_TIMEOUT_S:g} s, got {value}")
@@ -293,8 +318,15 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     workers: int = 1
     api_keys: ApiKeys = field(default_factory=ApiKeys)
+    direct_routes: bool = True
 
     def __post_init__(self) -> None:
+        deadline = self.runtime.request_deadline_s
+        if deadline is not None and deadline >= self.timeouts.request_s:
+            raise ConfigError(
+                f"request_deadline_s={deadline:g} is not below request_s={self.timeouts.request_s:g}: a request "
+                "would time out before its deadline could drop it"
+            )
         if self.limits.max_inputs > self.runtime.max_queue_texts:
             raise ConfigError(
                 f"max_inputs={self.limits.max_inputs} is above max_queue_texts={self.runtime.max_queue_texts}: a "
@@ -342,6 +374,8 @@ class Settings:
         reader.put(runtime_kwargs, "request_deadline_s", "REQUEST_DEADLINE_S", float)
         runtime_kwargs.setdefault("max_queue_wait_s", SERVICE_QUEUE_WAIT_S)
         runtime_kwargs.setdefault("request_deadline_s", SERVICE_DEADLINE_S)
+        reader.put(runtime_kwargs, "stage_nice", "STAGE_NICE", int)
+        runtime_kwargs.setdefault("stage_nice", SERVICE_STAGE_NICE)
         reader.put(runtime_kwargs, "io_binding", "IO_BINDING", _auto(_bool))
         reader.put(runtime_kwargs, "cuda_sdpa_kernel", "CUDA_SDPA_KERNEL", _auto(int))
         reader.put(runtime_kwargs, "verify_hashes", "VERIFY_HASHES", _bool)
@@ -354,6 +388,9 @@ class Settings:
         reader.put(timeout_kwargs, "body_s", "BODY_TIMEOUT_S", float)
         reader.put(timeout_kwargs, "keep_alive_s", "KEEP_ALIVE_S", float)
         reader.put(timeout_kwargs, "shutdown_s", "SHUTDOWN_TIMEOUT_S", float)
+        reader.put(timeout_kwargs, "request_s", "REQUEST_TIMEOUT_S", float)
+        service_kwargs: dict[str, Any] = {}
+        reader.put(service_kwargs, "direct_routes", "DIRECT_ROUTES", _bool)
         try:  # not through reader.put: its message quotes the value, here a key
             api_keys = ApiKeys.parse(reader.raw("API_KEY"))
         except ConfigError as exc:
@@ -365,6 +402,7 @@ class Settings:
                 timeouts=Timeouts(**timeout_kwargs),
                 workers=workers,
                 api_keys=api_keys,
+                **service_kwargs,
             )
         except ConfigError as exc:
             raise ConfigError(f"{exc} (from {PREFIX}* environment variables)") from exc

@@ -8,6 +8,7 @@ current one). Both paths share :meth:`Engine.compute`, so the parity numbers des
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import math
@@ -406,6 +407,7 @@ class Engine:
                         max_wait_s=config.batch_wait_ms / 1000.0,
                         pipelined=self.tokenizer_threads > 1,
                         inference_threads=len(self.models),
+                        nice=config.stage_nice,
                     )
         return self._scheduler
 
@@ -423,7 +425,12 @@ class Engine:
             DeadlineExceededError: the request waited ``request_deadline_s`` without starting.
             InputTooLongError, InputError: as :meth:`run`, for this request only.
         """
-        return await self.scheduler.submit(texts, options)
+        return await self.enqueue(texts, options)
+
+    def enqueue(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> asyncio.Future:
+        """:meth:`submit` in two steps: admit the texts now (raising :class:`OverloadedError` at once) and return
+        the future of their :class:`EmbedResult`; cancelling it drops what has not started."""
+        return self.scheduler.enqueue(texts, options)
 
     def _tokenize_requests(self, batch: list[Pending]) -> None:
         """Tokenizer stage: one batch encoding per (truncation side, prompt); errors fail their request only."""

@@ -107,6 +107,24 @@ class DeadlineExceededError(EmbedServeError):
         self.message = message
 
 
+class ShuttingDownError(EmbedServeError):
+    """The server reached its shutdown deadline with the request unfinished: it is answered 503 (retry on another
+    replica) and its remaining work is dropped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ComputeTimeoutError(EmbedServeError):
+    """An accepted request took longer than the request timeout in all: it is answered 504 and its remaining work
+    is dropped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class JobAbandoned(EmbedServeError):
     """Every caller of an inference job went away (timed out or cancelled): the rest of its batches are not run."""
 

@@ -23,6 +23,7 @@ from embedserve.config import Limits
 from embedserve.engine import DEFAULT_OPTIONS, EmbedOptions, EmbedResult
 from embedserve.errors import (
     AuthenticationError,
+    ComputeTimeoutError,
     DeadlineExceededError,
     EmbedServeError,
     EmptyInputError,
@@ -32,6 +33,7 @@ from embedserve.errors import (
     OverloadedError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    ShuttingDownError,
     TokenIdsError,
     UnsupportedMediaTypeError,
 )
@@ -272,6 +274,8 @@ STATUS_BY_ERROR: tuple[tuple[type[EmbedServeError], int], ...] = (
     (InputError, 422),
     (OverloadedError, 429),
     (DeadlineExceededError, 503),
+    (ComputeTimeoutError, 504),
+    (ShuttingDownError, 503),
     (AuthenticationError, 401),
 )
 
@@ -300,6 +304,10 @@ def _openai_error_body(exc: EmbedServeError) -> dict:
         return openai_error(exc.message, error_type="rate_limit_error", code="overloaded")
     if isinstance(exc, DeadlineExceededError):
         return openai_error(exc.message, error_type="server_error", code="deadline_exceeded")
+    if isinstance(exc, ComputeTimeoutError):
+        return openai_error(exc.message, error_type="server_error", code="timeout")
+    if isinstance(exc, ShuttingDownError):
+        return openai_error(exc.message, error_type="server_error", code="shutting_down")
     if isinstance(exc, AuthenticationError):  # what OpenAI answers for a missing or wrong key
         return openai_error(exc.message, error_type="invalid_request_error", code=exc.code)
     return openai_error(str(exc), error_type="server_error")
@@ -311,7 +319,7 @@ def _tei_error_body(exc: EmbedServeError) -> dict:
         return tei_error(exc.message, error_type="Empty")
     if isinstance(exc, InputError):
         return tei_error(exc.message, error_type="Validation")
-    if isinstance(exc, (OverloadedError, DeadlineExceededError)):
+    if isinstance(exc, (OverloadedError, DeadlineExceededError, ShuttingDownError)):
         return tei_error(exc.message, error_type="Overloaded")
     if isinstance(exc, AuthenticationError):
         return tei_error(exc.message, error_type="Unauthorized")

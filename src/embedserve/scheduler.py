@@ -22,6 +22,7 @@ import functools
 import heapq
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -224,10 +225,23 @@ class SchedulerStats:
     throughput: float | None = None
 
 
+def lower_thread_priority(nice: int) -> bool:
+    """Run the calling thread ``nice`` steps lower than it runs now (Linux: a thread is a task with its own
+    niceness; raising it needs no privilege). False, logged once per thread, where the platform refuses."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as exc:  # no per-thread niceness (macOS applies it to the process)
+        log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, exc)
+        return False
+    return True
+
+
 class _Stage:
     """Pending pieces in (round, seq) order, served by ``threads`` daemon threads."""
 
-    def __init__(self, name: str, work: Callable[[], None], threads: int = 1) -> None:
+    def __init__(self, name: str, work: Callable[[], None], threads: int = 1, nice: int = 0) -> None:
+        self.nice = nice
         self.items: list[tuple[int, int, Pending]] = []  # a heap
         self.ready = threading.Condition()
         self._work = work
@@ -263,6 +277,8 @@ class _Stage:
         return not self.closed
 
     def _loop(self) -> None:
+        if self.nice:
+            lower_thread_priority(self.nice)
         while not self.closed:
             try:
                 self._work()
@@ -318,6 +334,8 @@ class Scheduler:
             thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
             for the hand-over).
         inference_threads: threads taking jobs at once (one per model session).
+        nice: how much lower than the caller's threads the stage threads run (0-19): on a full machine the event
+            loop, which admits and refuses requests, then runs first (see ``EMBEDSERVE_STAGE_NICE``).
     """
 
     def __init__(
@@ -336,6 +354,7 @@ class Scheduler:
         max_wait_s: float = 0.0,
         pipelined: bool = True,
         inference_threads: int = 1,
+        nice: int = 0,
     ) -> None:
         self._tokenize = tokenize
         self._infer = infer
@@ -360,8 +379,8 @@ class Scheduler:
         if throughput is not None:  # as one second of one thread's work
             self.observe(throughput / inference_threads, 1.0)
         self.pipelined = pipelined
-        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads)
-        self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step) if pipelined else self._inference
+        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads, nice)
+        self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step, 1, nice) if pipelined else self._inference
         self._inference.start()
         if pipelined:
             self._tokenizer.start()
@@ -386,13 +405,25 @@ class Scheduler:
             self.stats.throughput = self._measured_units / self._measured_s * self.inference_threads
 
     async def submit(self, texts: Sequence[str], options: Any) -> Any:
-        """Queue ``texts`` and wait for their result.
+        """Queue ``texts`` and wait for their result (:meth:`enqueue`, then await its future).
 
         Raises:
             OverloadedError: the queue holds ``max_queue_texts`` texts, or more than ``max_queue_wait_s`` of work
                 would be computed before this request; raised at once.
             DeadlineExceededError: none of the texts started computing within ``deadline_s``.
             Exception: whatever tokenization, inference or ``merge`` raised for this request.
+        """
+        return await self.enqueue(texts, options)
+
+    def enqueue(self, texts: Sequence[str], options: Any) -> asyncio.Future:
+        """Admit and queue ``texts`` now (on the event loop's thread); their result comes through the future.
+
+        Admission is decided before this returns, so a refused request costs no task or callback: under overload
+        most requests are refused, and refusing them is what the event loop must do quickly. Cancelling the future
+        (or a task awaiting it) drops the request's pieces that have not started.
+
+        Raises:
+            OverloadedError: as :meth:`submit`, raised here.
         """
         loop = asyncio.get_running_loop()
         request = Request(future=loop.create_future(), loop=loop)
@@ -412,7 +443,7 @@ class Scheduler:
             request.timer = loop.call_later(self.deadline_s, self._expire, request)
         request.future.add_done_callback(functools.partial(self._forget, request))
         self._tokenizer.put_many(pieces)
-        return await request.future  # cancelling the caller cancels the future: the stages then skip its pieces
+        return request.future  # a cancelled future: the stages skip its pieces
 
     def _cut(self, texts: Sequence[str], options: Any, request: Request) -> list[Pending]:
         """Cut ``texts`` into pieces of at most ``max_job_texts`` texts and ``max_job_units`` (at least one text)."""

@@ -375,6 +375,7 @@ _ERRORS = {
     "422": "a field of the wrong type or value (the message names it)",
     "429": "the queue is full; retry after the Retry-After header's seconds",
     "503": "the server is starting, or the request waited past its deadline",
+    "504": "the request took longer than the request timeout in all (embedding routes)",
 }
 
 

@@ -133,7 +133,9 @@ def api_keys() -> tuple[str, ...]:
 
 @pytest.fixture(scope="session")
 def keyed_server(start_server, tmp_path_factory) -> Server:
-    """The default configuration with API keys required (``EMBEDSERVE_API_KEY=@file``)."""
+    """The default configuration with API keys required (``EMBEDSERVE_API_KEY=@file``) and BentoML's access log
+    on, which puts every route back behind BentoML's middleware (no direct routes): the guarded routes are tested
+    through both paths, this one and the default server's."""
     key_file = tmp_path_factory.mktemp("keys") / "api_keys"
     key_file.write_text("# test keys\n" + "\n".join(API_KEYS) + "\n")
-    return start_server({"EMBEDSERVE_API_KEY": f"@{key_file}"})
+    return start_server({"EMBEDSERVE_API_KEY": f"@{key_file}", "EMBEDSERVE_ACCESS_LOG": "true"})

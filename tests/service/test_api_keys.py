@@ -3,6 +3,8 @@ shape with a Bearer challenge; the key never shown."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -87,3 +89,15 @@ def test_the_schema_says_when_a_key_is_required(keyed_server, url):
     assert keyed["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert keyed["paths"]["/health"]["get"]["security"] == []  # the public routes say so
     assert "security" not in httpx.get(f"{url}/openapi.json", timeout=10).json()
+
+
+def test_routes_are_direct_unless_bentomls_middleware_is_needed(keyed_server, url, api_keys):
+    """By default our routes skip BentoML's per-request middleware; with its access log on they go through it,
+    and each request is logged by it."""
+    assert httpx.get(f"{url}/info", timeout=10).json()["direct_routes"] is True
+    assert call(keyed_server.url, "GET", "/info", None, key=api_keys[0]).json()["direct_routes"] is False
+    call(keyed_server.url, "POST", "/embed", {"inputs": "logged by BentoML"}, key=api_keys[0])
+    deadline = time.monotonic() + 10
+    while "method=POST,path=/embed" not in keyed_server.log():
+        assert time.monotonic() < deadline, keyed_server.log()[-2000:]
+        time.sleep(0.2)

@@ -121,12 +121,18 @@ def test_info_shows_no_paths_or_library_errors(url):
     assert info["runtime"]["providers"]["dropped"] == {"CUDAExecutionProvider": REASON_IN_LOG}
     assert "path" not in info["source"] and info["source"]["content_sha256"] == info["model_sha"]
     assert info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"  # TEI's keys are kept
-    assert info["timeouts"] == {"header_s": 10.0, "body_s": 30.0, "keep_alive_s": 5.0, "shutdown_s": 20.0}
+    assert info["timeouts"] == {
+        "header_s": 10.0,
+        "body_s": 30.0,
+        "keep_alive_s": 5.0,
+        "shutdown_s": 20.0,
+        "request_s": 120.0,
+    }
 
 
 @pytest.fixture(scope="module")
 def short(start_server, bentoml_home, tmp_path_factory):
-    """One worker with every timeout at 1 s and a 3 s shutdown deadline.
+    """One worker with every connection timeout at 1 s, a 3 s shutdown deadline and a 6 s request timeout.
 
     Its own BENTOML_HOME (the model store linked in): every `bentoml serve` empties
     ``$BENTOML_HOME/prometheus_multiproc_dir``, where the session's ``server`` is writing its metrics.
@@ -141,6 +147,8 @@ def short(start_server, bentoml_home, tmp_path_factory):
             "EMBEDSERVE_BODY_TIMEOUT_S": "1",
             "EMBEDSERVE_KEEP_ALIVE_S": "1",
             "EMBEDSERVE_SHUTDOWN_TIMEOUT_S": "3",
+            "EMBEDSERVE_REQUEST_TIMEOUT_S": "6",
+            "EMBEDSERVE_REQUEST_DEADLINE_S": "2",
         }
     )
 
@@ -160,6 +168,22 @@ def test_a_trickled_body_is_408_and_the_connection_closed(short):
         received, closed = read_until_closed(sock, CLOSE_WITHIN_S)
     assert received.startswith(b"HTTP/1.1 408 ") and closed
     assert b"body_timeout_s=1 seconds" in received and b'"code":"request_timeout"' in received
+
+
+def test_a_request_over_the_request_timeout_is_504_and_its_work_dropped(short):
+    """512 texts of ~256 tokens are about half a minute of this machine's CPU: the request is answered 504 at the
+    6 s timeout, and what it had left is not computed (the next request is answered at once)."""
+    long_texts = [f"{i} " + "the quick brown fox jumps over the lazy dog " * 40 for i in range(512)]
+    started = time.perf_counter()
+    response = httpx.post(f"{short.url}/v1/embeddings", json={"input": long_texts}, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 504, response.text
+    error = response.json()["error"]
+    assert error["code"] == "timeout" and "request_timeout_s=6" in error["message"]
+    assert 6 <= elapsed < 10
+    started = time.perf_counter()
+    after = httpx.post(f"{short.url}/v1/embeddings", json={"input": "next"}, timeout=60)
+    assert after.status_code == 200 and time.perf_counter() - started < 2
 
 
 def worker_pids(server) -> list[int]:
@@ -188,7 +212,10 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_deadline(short):
 
     def in_flight() -> None:
         try:
-            outcome["status"] = httpx.post(f"{short.url}/embed", json={"inputs": long_texts}, timeout=120).status_code
+            response = httpx.post(f"{short.url}/embed", json={"inputs": long_texts}, timeout=120)
+            outcome.update(
+                status=response.status_code, body=response.json(), retry_after=response.headers.get("retry-after")
+            )
         except httpx.HTTPError as exc:
             outcome["status"] = type(exc).__name__
 
@@ -202,4 +229,6 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_deadline(short):
         socket.create_connection((host, int(port)), timeout=5).close()
     assert short.wait_exit(3 + 15) is not None, "bentoml serve did not exit after its shutdown deadline"
     client.join(30)
-    assert outcome["status"] != 200  # cut by the deadline (uvicorn answers 500, or the connection closes)
+    assert outcome["status"] == 503, outcome  # cut by the deadline, and told so (uvicorn's own answer is a 500)
+    assert outcome["body"]["error_type"] == "Overloaded" and "EMBEDSERVE_SHUTDOWN_TIMEOUT_S" in outcome["body"]["error"]
+    assert outcome["retry_after"] == "1"

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from embedserve.config import Settings, Timeouts
-from embedserve.connections import apply_timeouts, running_uvicorn_server
+from embedserve.connections import DirectRoutes, apply_timeouts, route_directly, running_uvicorn_server
 from embedserve.errors import ConfigError
 from embedserve.supervision import describe_exit
 
@@ -25,13 +25,21 @@ async def ok_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def edge_app(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    await send({"type": "http.response.body", "body": b"edge"})
+
+
 @pytest.fixture
 def uvicorn_server():
-    """uvicorn (httptools) on a free loopback port in a thread, with header 0.3 s and keep-alive 2 s applied."""
+    """uvicorn (httptools) on a free loopback port in a thread, with header 0.3 s and keep-alive 2 s applied, and
+    ``POST /direct`` routed straight to :func:`edge_app`."""
     config = uvicorn.Config(ok_app, host="127.0.0.1", port=0, http="httptools", lifespan="off", log_level="error")
     server = uvicorn.Server(config)
     config.load()
     missing = apply_timeouts(server, Timeouts(header_s=0.3, keep_alive_s=2, shutdown_s=7))
+    route_directly(server, edge_app, [("POST", "/other")])
+    route_directly(server, edge_app, [("POST", "/direct")])  # replaces the first: routes are not stacked
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -57,6 +65,24 @@ def test_timeouts_are_set_on_the_server(uvicorn_server):
     assert missing == []
     assert server.config.timeout_keep_alive == 2 and server.config.timeout_graceful_shutdown == 7
     assert server.config.http_protocol_class.header_timeout_s == 0.3
+
+
+def test_direct_routes_reach_the_edge_and_everything_else_the_app(uvicorn_server):
+    server, port, _ = uvicorn_server
+    app = server.config.loaded_app
+    assert isinstance(app, DirectRoutes) and not isinstance(app.app, DirectRoutes)
+    answers = {}
+    for method, path in (("POST", "/direct"), ("GET", "/direct"), ("POST", "/other"), ("POST", "/direct/x")):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+            sock.settimeout(5)
+            answers[method, path] = sock.recv(4096).rsplit(b"\r\n", 1)[-1]
+    assert answers == {
+        ("POST", "/direct"): b"edge",
+        ("GET", "/direct"): b"ok",
+        ("POST", "/other"): b"ok",
+        ("POST", "/direct/x"): b"ok",
+    }
 
 
 def test_partial_headers_are_cut_at_the_header_timeout_not_the_keep_alive(uvicorn_server):

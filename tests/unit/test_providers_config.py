@@ -69,6 +69,7 @@ def test_settings_from_env_reads_prefixed_variables_only():
             "EMBEDSERVE_MAX_QUEUE_WAIT_S": "0.5",
             "EMBEDSERVE_REQUEST_DEADLINE_S": "4",
             "EMBEDSERVE_MAX_JOB_TOKENS": "1000",
+            "EMBEDSERVE_STAGE_NICE": "3",
             "MAX_INPUTS": "999",
         }
     )
@@ -81,6 +82,8 @@ def test_settings_from_env_reads_prefixed_variables_only():
     assert settings.runtime.io_binding is None and settings.runtime.cuda_sdpa_kernel == 1
     assert (settings.runtime.max_queue_wait_s, settings.runtime.request_deadline_s) == (0.5, 4.0)
     assert settings.runtime.max_job_tokens == 1000
+    assert settings.runtime.stage_nice == 3
+    assert Settings.from_env({}).runtime.stage_nice == 10 and RuntimeConfig().stage_nice == 0
 
 
 def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch):
@@ -101,7 +104,7 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4  # GPU host: 1 session
     runtime = RuntimeConfig(max_batch_size=64)
     assert runtime.batch_shape(gpu=False) == config.BatchShape(
-        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
+        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=256, overhead_tokens=32
     )
     assert RuntimeConfig(max_job_tokens=512).batch_shape(gpu=True).max_job_tokens == 512
     assert runtime.batch_shape(gpu=True).max_batch_tokens == config.GPU_BATCH.max_batch_tokens
@@ -137,6 +140,8 @@ def test_defaults_are_explicit():
         ({"EMBEDSERVE_REQUEST_DEADLINE_S": "-1"}, "request_deadline_s must be a finite number of seconds > 0"),
         ({"EMBEDSERVE_REQUEST_DEADLINE_S": "1"}, "request_deadline_s=1 is below max_queue_wait_s=2"),
         ({"EMBEDSERVE_MAX_JOB_TOKENS": "0"}, "max_job_tokens must be >= 1"),
+        ({"EMBEDSERVE_STAGE_NICE": "20"}, "stage_nice must be between 0 and 19"),
+        ({"EMBEDSERVE_STAGE_NICE": "-5"}, "stage_nice must be between 0 and 19"),
         ({"EMBEDSERVE_WORKERS": "0"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_WORKERS": "many"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_IO_BINDING": "sometimes"}, "EMBEDSERVE_IO_BINDING"),

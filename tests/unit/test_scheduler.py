@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -528,3 +529,33 @@ def test_a_piece_that_fails_to_tokenize_fails_its_whole_request_and_the_rest_is_
     assert model.jobs == [32, 1]  # the first job ran; the second failed; the third was skipped
     assert scheduler.queued_texts == 0
     scheduler.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_stage_threads_run_at_a_lower_priority_than_the_event_loop(pipelined):
+    """With ``nice``, the tokenize and inference threads run that much nicer than the thread that made the
+    scheduler (the event loop's), so that on a full machine requests are admitted or refused before more compute."""
+    seen: dict[str, int] = {}
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    model = FakeModel()
+
+    def tokenize(batch):
+        seen["tokenize"] = priority()
+        model.tokenize(batch)
+
+    def infer(job):
+        seen["infer"] = priority()
+        return model.infer(job)
+
+    own = priority()
+    scheduler = Scheduler(
+        tokenize, infer, merge=np.concatenate, max_queue_texts=100, max_job_texts=8, pipelined=pipelined, nice=5
+    )
+    rows = asyncio.run(scheduler.submit(["3"], None))
+    scheduler.close()
+    np.testing.assert_array_equal(rows, [[3.0, 6.0]])
+    assert seen == {"tokenize": min(19, own + 5), "infer": min(19, own + 5)}
+    assert priority() == own  # the caller's thread is untouched
