@@ -22,6 +22,12 @@ EMBEDSERVE_WORKERS                     auto         server processes. auto: 4 on
 EMBEDSERVE_SESSIONS                    auto         model sessions per worker, each with its own inference thread.
                                                     auto: 2 on a CPU host (a worker holding more than its share of
                                                     keep-alive connections can use a second core), 1 on a GPU host.
+EMBEDSERVE_EXPRESS_SESSIONS            auto         sessions per worker more, whose threads take only requests of one
+                                                    job or less (most queries): a one-text request then never waits
+                                                    for a session while a large request's jobs hold the others, and
+                                                    those run niced 5 more. auto: 1 on a CPU host (one-text p99 beside
+                                                    2,048 x 256-token requests: see benchmarks/results/
+                                                    overload_probe.json), 0 on a GPU host (its jobs are short).
 EMBEDSERVE_INTRA_OP_THREADS            auto         ONNX Runtime threads per session: cores / (workers x sessions).
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
@@ -204,6 +210,7 @@ class RuntimeConfig:
     inter_op_threads: int = 1
     allow_spinning: bool = False
     sessions: int = 1
+    express_sessions: int = 0
     tokenizer_threads: int | None = None
     max_batch_size: int | None = None
     max_batch_tokens: int | None = None
@@ -234,6 +241,8 @@ class RuntimeConfig:
         ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        if self.express_sessions < 0:
+            raise ConfigError(f"express_sessions must be >= 0, got {self.express_sessions}")
         if not 0 <= self.stage_nice <= 19:
             raise ConfigError(f"stage_nice must be between 0 and 19, got {self.stage_nice}")
         if not 0 <= self.batch_wait_ms <= 1000:  # NaN fails too
@@ -359,6 +368,9 @@ class Settings:
         reader.put(runtime_kwargs, "sessions", "SESSIONS", _auto(int))
         if runtime_kwargs.get("sessions") is None:  # auto: see CPU_SESSIONS
             runtime_kwargs["sessions"] = 1 if gpu_present() else min(CPU_SESSIONS, available_cores())
+        reader.put(runtime_kwargs, "express_sessions", "EXPRESS_SESSIONS", _auto(int))
+        if runtime_kwargs.get("express_sessions") is None:  # auto: a lane for small requests on a CPU host
+            runtime_kwargs["express_sessions"] = 0 if gpu_present() else 1
         runtime_kwargs["intra_op_threads"] = max(1, available_cores() // (workers * runtime_kwargs["sessions"]))
         reader.put(runtime_kwargs, "intra_op_threads", "INTRA_OP_THREADS", int)
         reader.put(runtime_kwargs, "inter_op_threads", "INTER_OP_THREADS", int)

@@ -237,18 +237,32 @@ def lower_thread_priority(nice: int) -> bool:
     return True
 
 
-class _Stage:
-    """Pending pieces in (round, seq) order, served by ``threads`` daemon threads."""
+#: How much nicer than the express threads the other inference threads run (when there are express threads): a
+#: one-job request computing beside pieces of large requests gets most of a core (CFS weights 110 vs 36 at 10/15).
+EXPRESS_NICE_STEP = 5
 
-    def __init__(self, name: str, work: Callable[[], None], threads: int = 1, nice: int = 0) -> None:
-        self.nice = nice
-        self.items: list[tuple[int, int, Pending]] = []  # a heap
+
+class _Stage:
+    """Pending pieces in (round, seq) order, served by ``threads`` daemon threads.
+
+    Pieces of requests cut into several are kept apart from those of one-piece requests (two heaps, each in
+    (round, seq) order): the last ``express`` threads take only one-piece requests, so that a small request finds a
+    thread even while large requests' pieces hold all the others; the other threads take the first piece of either.
+    """
+
+    def __init__(
+        self, name: str, work: Callable[[bool], None], threads: int = 1, nice: int = 0, express: int = 0
+    ) -> None:
+        self.single: list[tuple[int, int, Pending]] = []  # heaps
+        self.multi: list[tuple[int, int, Pending]] = []
         self.ready = threading.Condition()
         self._work = work
-        self.threads = [
-            threading.Thread(target=self._loop, name=f"{name}-{i}" if threads > 1 else name, daemon=True)
-            for i in range(threads)
-        ]
+        self.threads = []
+        for i in range(threads):
+            fast = i >= threads - express
+            label = f"{name}-express-{i}" if fast else (f"{name}-{i}" if threads > 1 else name)
+            thread_nice = nice if fast or not express or not nice else nice + EXPRESS_NICE_STEP
+            self.threads.append(threading.Thread(target=self._loop, args=(fast, thread_nice), name=label, daemon=True))
         self.closed = False
 
     def start(self) -> None:
@@ -258,30 +272,48 @@ class _Stage:
     def put_many(self, items: Sequence[Pending]) -> None:
         with self.ready:
             for item in items:
-                heapq.heappush(self.items, (item.round, item.seq, item))
-            self.ready.notify(len(items))
+                heap = self.single if len(item.request.pieces) <= 1 else self.multi
+                heapq.heappush(heap, (item.round, item.seq, item))
+            self.ready.notify_all()  # an express thread woken for a piece it may not take must not swallow a wake-up
 
-    def head(self) -> Pending:
-        return self.items[0][2]
+    def _heap(self, express: bool) -> list[tuple[int, int, Pending]] | None:
+        """The heap whose head comes next for this kind of thread (``None``: nothing it may take)."""
+        if express or not self.multi:
+            return self.single or None
+        if not self.single:
+            return self.multi
+        return self.single if self.single[0][:2] < self.multi[0][:2] else self.multi
 
-    def pop(self) -> Pending:
-        return heapq.heappop(self.items)[2]
+    def has(self, express: bool = False) -> bool:
+        return self._heap(express) is not None
 
-    def texts(self) -> int:
-        return sum(len(item.texts) for _, _, item in self.items)
+    def head(self, express: bool = False) -> Pending:
+        heap = self._heap(express)
+        assert heap is not None
+        return heap[0][2]
 
-    def wait(self) -> bool:
-        """Block until items are waiting (True) or the stage closed (False). Call with ``ready`` held."""
-        while not self.items and not self.closed:
+    def pop(self, express: bool = False) -> Pending:
+        heap = self._heap(express)
+        assert heap is not None
+        return heapq.heappop(heap)[2]
+
+    def texts(self, express: bool = False) -> int:
+        heaps = (self.single,) if express else (self.single, self.multi)
+        return sum(len(item.texts) for heap in heaps for *_, item in heap)
+
+    def wait(self, express: bool = False) -> bool:
+        """Block until items this thread may take are waiting (True) or the stage closed (False). Call with
+        ``ready`` held."""
+        while not self.has(express) and not self.closed:
             self.ready.wait()
         return not self.closed
 
-    def _loop(self) -> None:
-        if self.nice:
-            lower_thread_priority(self.nice)
+    def _loop(self, express: bool, nice: int) -> None:
+        if nice:
+            lower_thread_priority(nice)
         while not self.closed:
             try:
-                self._work()
+                self._work(express)
             except Exception:  # a bug in a stage must not kill the thread silently
                 log.exception("scheduler stage %s failed", threading.current_thread().name)
 
@@ -334,6 +366,9 @@ class Scheduler:
             thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
             for the hand-over).
         inference_threads: threads taking jobs at once (one per model session).
+        express_threads: how many of them take only requests of one piece (a job or less): a small request then
+            never waits for a thread while large requests' pieces hold the others. The throughput estimate counts
+            the other threads only. With ``nice``, the other threads run :data:`EXPRESS_NICE_STEP` nicer.
         nice: how much lower than the caller's threads the stage threads run (0-19): on a full machine the event
             loop, which admits and refuses requests, then runs first (see ``EMBEDSERVE_STAGE_NICE``).
     """
@@ -354,8 +389,11 @@ class Scheduler:
         max_wait_s: float = 0.0,
         pipelined: bool = True,
         inference_threads: int = 1,
+        express_threads: int = 0,
         nice: int = 0,
     ) -> None:
+        if not 0 <= express_threads < inference_threads:
+            raise ValueError(f"express_threads={express_threads} must leave at least one of {inference_threads}")
         self._tokenize = tokenize
         self._infer = infer
         self._merge = merge
@@ -367,6 +405,7 @@ class Scheduler:
         self.deadline_s = deadline_s
         self.max_wait_s = max_wait_s
         self.inference_threads = inference_threads
+        self.compute_threads = inference_threads - express_threads  # what the throughput estimate counts
         self.stats = SchedulerStats()
         self._lock = threading.Lock()  # admission counts, rounds, request state, stats
         self._queued_texts = 0
@@ -377,9 +416,9 @@ class Scheduler:
         self._measured_units = 0.0  # decayed sums over finished jobs
         self._measured_s = 0.0
         if throughput is not None:  # as one second of one thread's work
-            self.observe(throughput / inference_threads, 1.0)
+            self.observe(throughput / self.compute_threads, 1.0)
         self.pipelined = pipelined
-        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads, nice)
+        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads, nice, express_threads)
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step, 1, nice) if pipelined else self._inference
         self._inference.start()
         if pipelined:
@@ -396,13 +435,14 @@ class Scheduler:
         return self.stats.throughput
 
     def observe(self, units: float, seconds: float) -> None:
-        """Record that one inference thread computed ``units`` of cost in ``seconds`` (a finished job)."""
+        """Record that one inference thread computed ``units`` of cost in ``seconds`` (a finished job); the estimate
+        is that rate times ``compute_threads``."""
         if seconds <= 0 or units <= 0:
             return
         with self._lock:
             self._measured_units = self._measured_units * THROUGHPUT_DECAY + units
             self._measured_s = self._measured_s * THROUGHPUT_DECAY + seconds
-            self.stats.throughput = self._measured_units / self._measured_s * self.inference_threads
+            self.stats.throughput = self._measured_units / self._measured_s * self.compute_threads
 
     async def submit(self, texts: Sequence[str], options: Any) -> Any:
         """Queue ``texts`` and wait for their result (:meth:`enqueue`, then await its future).
@@ -532,25 +572,25 @@ class Scheduler:
 
     # -- the two stages (worker threads) ----------------------------------------------------------------------
 
-    def _take_live(self, stage: _Stage, *, job: bool) -> list[Pending]:
+    def _take_live(self, stage: _Stage, *, job: bool, express: bool = False) -> list[Pending]:
         """Pop pieces from ``stage`` (with its condition held), dropping those of answered requests.
 
         ``job``: take at most a job (``max_job_texts`` texts and ``max_job_units``) and mark the pieces as
-        computing; otherwise take every live piece.
+        computing; otherwise take every live piece. ``express``: only pieces of one-piece requests.
         """
         taken: list[Pending] = []
         count, units = 0, 0.0
-        while stage.items:
-            head = stage.head()
+        while stage.has(express):
+            head = stage.head(express)
             if head.abandoned:
-                stage.pop()
+                stage.pop(express)
                 with self._lock:
                     self._uncount(head)
                 continue
             full = count + len(head.texts) > self.max_job_texts or units + head.units > self.max_job_units
             if job and taken and full:
                 break
-            stage.pop()
+            stage.pop(express)
             if job:
                 with self._lock:
                     if head.abandoned:  # expired since the check above
@@ -564,7 +604,7 @@ class Scheduler:
             units += head.units
         return taken
 
-    def _tokenize_step(self) -> None:
+    def _tokenize_step(self, express: bool = False) -> None:
         stage = self._tokenizer
         with stage.ready:
             if not stage.wait():
@@ -590,14 +630,14 @@ class Scheduler:
                 ready.append(pending)
         return ready
 
-    def _infer_step(self) -> None:
+    def _infer_step(self, express: bool = False) -> None:
         stage = self._inference
         with stage.ready:
-            if not stage.wait():
+            if not stage.wait(express):
                 return
-            if self.max_wait_s > 0 and stage.texts() < self.max_job_texts:
+            if self.max_wait_s > 0 and stage.texts(express) < self.max_job_texts:
                 stage.ready.wait(self.max_wait_s)
-            job = self._take_live(stage, job=True)
+            job = self._take_live(stage, job=True, express=express)
         started = time.perf_counter()
         if not self.pipelined:
             job = self._tokenized(job)

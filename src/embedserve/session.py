@@ -383,7 +383,8 @@ def open_model(artifact: Artifact, config: RuntimeConfig) -> ModelRunner:
 
 
 def open_models(artifact: Artifact, config: RuntimeConfig) -> list[ModelRunner]:
-    """``config.sessions`` sessions of the same graph on the same provider (the first one chooses them).
+    """``config.sessions`` plus ``config.express_sessions`` sessions of the same graph on the same provider (the
+    first one chooses them).
 
     Several sessions with one thread each run several small batches at once: on 2 cores, two single-thread
     sessions embedded 1,164 short texts/s where one two-thread session did 819 (small batches do not split well
@@ -391,12 +392,13 @@ def open_models(artifact: Artifact, config: RuntimeConfig) -> list[ModelRunner]:
     another has all the connections.
     """
     first = open_model(artifact, config)
-    if config.sessions == 1:
+    count = config.sessions + config.express_sessions
+    if count == 1:
         return [first]
     same = dataclasses.replace(
         config, artifact=first.role, providers=first.providers.active, require_gpu=False, verify_hashes=False
     )
-    others = [open_model(artifact, same) for _ in range(config.sessions - 1)]
+    others = [open_model(artifact, same) for _ in range(count - 1)]
     for runner in others:  # what was asked and dropped is the first session's story
         runner.providers = first.providers
     return [first, *others]

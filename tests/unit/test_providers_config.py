@@ -94,11 +94,15 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     cpu_host = Settings.from_env({})
     assert cpu_host.workers == 16 and cpu_host.runtime.sessions == config.CPU_SESSIONS  # a worker per core
     assert cpu_host.runtime.intra_op_threads == 1
+    assert cpu_host.runtime.express_sessions == 1  # a lane for small requests beside the big ones' jobs
+    assert Settings.from_env({"EMBEDSERVE_EXPRESS_SESSIONS": "0"}).runtime.express_sessions == 0
+    assert RuntimeConfig().express_sessions == 0  # code (bulk jobs, the gate, benchmarks) has no small requests
     one = Settings.from_env({"EMBEDSERVE_WORKERS": "1", "EMBEDSERVE_SESSIONS": "4"}).runtime
     assert (one.sessions, one.intra_op_threads) == (4, 4)
     monkeypatch.setattr(config, "gpu_present", lambda: True)
     gpu_host = Settings.from_env({})
     assert gpu_host.workers == config.GPU_WORKERS and gpu_host.runtime.sessions == 1
+    assert gpu_host.runtime.express_sessions == 0
     assert gpu_host.runtime.intra_op_threads == 16 // config.GPU_WORKERS
     assert gpu_host.runtime.tokenizer_pool_size(gpu=True) == 16 // config.GPU_WORKERS
     assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4  # GPU host: 1 session
@@ -141,6 +145,7 @@ def test_defaults_are_explicit():
         ({"EMBEDSERVE_REQUEST_DEADLINE_S": "1"}, "request_deadline_s=1 is below max_queue_wait_s=2"),
         ({"EMBEDSERVE_MAX_JOB_TOKENS": "0"}, "max_job_tokens must be >= 1"),
         ({"EMBEDSERVE_STAGE_NICE": "20"}, "stage_nice must be between 0 and 19"),
+        ({"EMBEDSERVE_EXPRESS_SESSIONS": "-1"}, "express_sessions must be >= 0"),
         ({"EMBEDSERVE_STAGE_NICE": "-5"}, "stage_nice must be between 0 and 19"),
         ({"EMBEDSERVE_WORKERS": "0"}, "EMBEDSERVE_WORKERS"),
         ({"EMBEDSERVE_WORKERS": "many"}, "EMBEDSERVE_WORKERS"),

@@ -559,3 +559,55 @@ def test_stage_threads_run_at_a_lower_priority_than_the_event_loop(pipelined):
     np.testing.assert_array_equal(rows, [[3.0, 6.0]])
     assert seen == {"tokenize": min(19, own + 5), "infer": min(19, own + 5)}
     assert priority() == own  # the caller's thread is untouched
+
+
+def test_an_express_thread_computes_small_requests_while_large_ones_hold_the_others():
+    """With one of two threads express, a large request's pieces never occupy both: a one-text request submitted
+    while a large request's job is held is computed at once, on the express thread, and the large request's other
+    pieces wait for the general thread; the express thread runs at the stage's niceness, the other one nicer."""
+    release = threading.Event()
+    held = threading.Event()
+    ran: list[tuple[str, list[str], int]] = []
+
+    def tokenize(batch):
+        for pending in batch:
+            pending.tokens = np.array([float(t.split("-")[-1]) for t in pending.texts], dtype=np.float32)
+
+    def infer(job):
+        texts = [t for p in job for t in p.texts]
+        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ran.append((threading.current_thread().name, texts, nice))
+        if texts[0].startswith("big"):
+            held.set()
+            release.wait(5)
+        return [np.stack([p.tokens, p.tokens * 2], axis=1) for p in job]
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    scheduler = Scheduler(
+        tokenize,
+        infer,
+        merge=np.concatenate,
+        max_queue_texts=100,
+        max_job_texts=2,
+        pipelined=False,
+        inference_threads=2,
+        express_threads=1,
+        nice=2,
+    )
+    assert scheduler.compute_threads == 1
+
+    async def main():
+        big = asyncio.ensure_future(scheduler.submit([f"big-{i}" for i in range(6)], None))  # 3 pieces
+        assert await asyncio.to_thread(held.wait, 5)
+        small = await asyncio.wait_for(scheduler.submit(["small-7"], None), 5)  # while the big job is held
+        assert not big.done() and sum(len(texts) for _, texts, _ in ran if texts[0].startswith("big")) == 2
+        release.set()
+        return small, await big
+
+    small, big = asyncio.run(main())
+    scheduler.close()
+    np.testing.assert_array_equal(small, [[7.0, 14.0]])
+    np.testing.assert_array_equal(big[:, 0], np.arange(6))
+    threads = {texts[0]: (name, nice) for name, texts, nice in ran}
+    assert threads["small-7"] == ("embedserve-infer-express-1", min(19, own + 2))
+    assert {threads[f"big-{i}"] for i in (0, 2, 4)} == {("embedserve-infer-0", min(19, own + 2 + 5))}
