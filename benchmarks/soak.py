@@ -195,7 +195,8 @@ def main() -> None:
         "server": "started by --start" if args.start else url,
         "server_limits": info.get("limits"),
         "workers": info.get("workers"),
-        "client": f"httpx {httpx.__version__}, asyncio, one process on the same machine",
+        "client": f"httpx {httpx.__version__} (steady, kill); the burst: a bare asyncio protocol on uvloop "
+        "(overload_probe.burst); one process on the same machine",
     }
     path = write_results("soak", settings=settings, results=results, out=args.out)
     print(f"soak: passed={results['passed']} -> {path}")

@@ -73,10 +73,11 @@ EMBEDSERVE_MAX_QUEUE_TEXTS             4096         texts waiting for the model 
 EMBEDSERVE_STAGE_NICE                  10           how much lower the tokenize and inference threads run than the
                                                     HTTP event loop (Linux thread niceness, 0 to 19): when the cores
                                                     are full, reading requests and answering them (a 429 above all)
-                                                    comes before computing. Measured on 2 cores, a 512-client burst:
-                                                    429 p99 1.3 s at 0, 0.7 s at 10 (before the edge below).
-                                                    0 = the same priority. ONNX Runtime's own pool threads (more than
-                                                    one intra-op thread) keep the process's priority.
+                                                    comes before computing. Measured on 2 cores, a 512-client burst
+                                                    through BentoML's middleware: 429 p99 1.3 s at 0, 0.7 s at 10.
+                                                    0 = the same priority. With express sessions the other inference
+                                                    threads run 5 nicer still. ONNX Runtime's own pool threads (more
+                                                    than one intra-op thread) keep the process's priority.
 EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs explicitly (auto: on CUDA).
 EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
                                                     for the fp16 graph, whose default kernel is rebuilt for every new
