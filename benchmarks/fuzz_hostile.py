@@ -1044,8 +1044,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         "workers": info.get("workers"),
         "command": f"python -m benchmarks.fuzz_hostile {'--start' if args.start else '--url URL'} "
         f"--requests {args.requests} --seed {args.seed}",
-        "client": f"httpx {httpx.__version__} (correct Content-Length) and raw sockets (chunked, short "
-        "Content-Length), one request at a time",
+        "client": f"httpx {httpx.__version__} (correct Content-Length, one kept-alive connection) and raw sockets "
+        "(chunked, short Content-Length, odd transfer codings), one request at a time, on the server's machine",
         "strategy": "benchmarks/fuzz_hostile.py recipes(): route x body mutations (0-3) x body transform x "
         "Content-Type x Content-Encoding x framing",
     }
