@@ -44,13 +44,21 @@ def check_framing(headers: Headers) -> None:
     """Refuse a request whose body length is ambiguous.
 
     Raises:
-        MalformedRequestError: both Content-Length and Transfer-Encoding, or an invalid Content-Length.
+        MalformedRequestError: both Content-Length and Transfer-Encoding, an invalid Content-Length, or a transfer
+            coding besides ``chunked`` (uvicorn would pass a ``gzip, chunked`` body on still compressed; compress
+            with Content-Encoding instead).
     """
     headers = list(headers)
     length = header(headers, b"content-length")
-    if length is not None and header(headers, b"transfer-encoding") is not None:
+    transfer = header(headers, b"transfer-encoding")
+    if length is not None and transfer is not None:
         raise MalformedRequestError(
             "the request has both Content-Length and Transfer-Encoding headers; send one of them"
+        )
+    if transfer is not None and [c.strip().lower() for c in transfer.split(b",")] != [b"chunked"]:
+        raise MalformedRequestError(
+            f"Transfer-Encoding {_show(transfer)} is not supported: only 'chunked' "
+            "(to compress a body, send Content-Encoding: gzip)"
         )
     if length is not None:
         values = {v.strip() for v in length.split(b",")}

@@ -304,8 +304,12 @@ def _param(loc: tuple[Any, ...]) -> str:
 def _got(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(value, (bool, int, float)):
-        return repr(value).lower() if isinstance(value, bool) else repr(value)
+    if isinstance(value, bool):
+        return repr(value).lower()
+    if isinstance(value, int) and value.bit_length() > 64:  # Python refuses to print ints over 4,300 digits
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, str):
         return repr(value) if len(value) <= 40 else f"a string of {len(value)} characters"
     return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)

@@ -51,6 +51,8 @@ def test_tei_defaults():
         ({"input": "a", "dimensions": 9}, InputError, "between 1 and 8"),
         ({"input": "a", "dimensions": True}, InputError, "dimensions"),
         ({"input": "a", "dimensions": "4"}, InputError, "dimensions"),
+        ({"input": "a", "dimensions": 10**5000}, InputError, "an integer of about 5001 digits"),  # unprintable
+        ({"input": "a", "dimensions": -(10**30)}, InputError, "between 1 and 8"),
         ({"input": "a", "model": 3}, InputError, "'model' must be a string"),
         (["input"], InputError, "JSON object"),
     ],

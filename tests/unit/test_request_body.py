@@ -54,6 +54,10 @@ def test_both_length_headers_or_a_bad_length_are_400():
             check_framing(headers(content_length=bad))
     check_framing(headers(content_length="12"))
     check_framing(headers(transfer_encoding="chunked"))
+    check_framing(headers(transfer_encoding="Chunked"))
+    for coding in ("gzip, chunked", "chunked, chunked", "identity", "br"):
+        with pytest.raises(MalformedRequestError, match="only 'chunked'"):
+            check_framing(headers(transfer_encoding=coding))
     check_framing(headers(content_length="7, 7"))  # RFC 9110: repeated identical values are one length
     assert content_length(headers(content_length="7, 7")) == 7 and content_length([]) is None
 
