@@ -13,6 +13,7 @@ requests wait, and how long a one-text request waits while maximum-size requests
 The client shares the machine with the server: on a small machine its CPU time is part of every latency.
 
     python -m benchmarks.overload_probe all --start --out benchmarks/results/overload_probe.json
+    python -m benchmarks.overload_probe all --start --env EMBEDSERVE_EXPRESS_SESSIONS=0 --out /tmp/no_express.json
     python -m benchmarks.overload_probe burst --url http://127.0.0.1:3000 --clients 512 --texts 16
     python -m benchmarks.overload_probe fair --url http://127.0.0.1:3000 --seconds 30
 """
@@ -256,6 +257,7 @@ def main() -> None:
     target.add_argument("--url", default="http://127.0.0.1:3000")
     target.add_argument("--start", action="store_true", help="start `bentoml serve` (default settings) on a free port")
     parser.add_argument("--model", default="embedserve-all-minilm-l6-v2:latest", help="with --start")
+    parser.add_argument("--env", action="append", default=[], help="with --start: a setting, NAME=VALUE (repeatable)")
     parser.add_argument("--clients", type=int, default=512)
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--words", type=int, default=12, help="burst: words per text (about 1.3 tokens each)")
@@ -267,7 +269,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=130.0, help="burst: client timeout in seconds")
     parser.add_argument("--out", type=Path, default=None, help="write the results JSON here (default: print only)")
     args = parser.parse_args()
-    server = Server(free_port(), args.model) if args.start else None
+    env = dict(item.split("=", 1) for item in args.env)
+    server = Server(free_port(), args.model, env) if args.start else None
     url = args.url
     if server is not None:
         server.start()
