@@ -611,3 +611,32 @@ def test_an_express_thread_computes_small_requests_while_large_ones_hold_the_oth
     threads = {texts[0]: (name, nice) for name, texts, nice in ran}
     assert threads["small-7"] == ("embedserve-infer-express-1", min(19, own + 2))
     assert {threads[f"big-{i}"] for i in (0, 2, 4)} == {("embedserve-infer-0", min(19, own + 2 + 5))}
+
+
+def test_a_stream_of_new_requests_does_not_hold_back_a_cut_requests_next_pieces():
+    """Four closed-loop clients keep one-text requests coming while a request of three pieces waits: each round
+    takes one piece of it, so it is done within a few rounds, not after the stream (the soak's 34 s waits)."""
+    model = FakeModel()
+    scheduler = model.scheduler(max_job_texts=1, pipelined=False)
+
+    async def main():
+        blocker = await model.hold(scheduler, "7")
+        cut = asyncio.ensure_future(scheduler.submit(["100", "101", "102"], None))
+
+        async def client(c: int) -> None:
+            for k in range(30):
+                await scheduler.submit([str(1000 + c * 100 + k)], None)
+
+        clients = [asyncio.ensure_future(client(c)) for c in range(4)]
+        await asyncio.sleep(0.05)  # every client's first request is queued
+        model.gate.set()
+        rows = await cut
+        await asyncio.gather(blocker, *clients)
+        return rows
+
+    rows = asyncio.run(main())
+    scheduler.close()
+    np.testing.assert_array_equal(rows[:, 0], [100, 101, 102])
+    order = [texts[0] for texts in model.inferred]
+    assert len(order) == 1 + 3 + 120
+    assert order.index("102") <= 1 + 3 * (1 + 4)  # one piece per round, each round one request of each client
