@@ -22,12 +22,13 @@ EMBEDSERVE_WORKERS                     auto         server processes. auto: 4 on
 EMBEDSERVE_SESSIONS                    auto         model sessions per worker, each with its own inference thread.
                                                     auto: 2 on a CPU host (a worker holding more than its share of
                                                     keep-alive connections can use a second core), 1 on a GPU host.
-EMBEDSERVE_EXPRESS_SESSIONS            auto         sessions per worker more, whose threads take only requests of one
-                                                    job or less (most queries): a one-text request then never waits
-                                                    for a session while a large request's jobs hold the others, and
-                                                    those run niced 5 more. auto: 1 on a CPU host (one-text p99 beside
-                                                    2,048 x 256-token requests: see benchmarks/results/
-                                                    overload_probe.json), 0 on a GPU host (its jobs are short).
+EMBEDSERVE_EXPRESS_SESSIONS            auto         sessions per worker more, whose threads take only queries: requests
+                                                    of one job costing at most one long text (max_seq_length estimated
+                                                    tokens). A query then never waits for a session while larger
+                                                    requests' jobs hold the others, and those run niced 5 more. auto:
+                                                    1 on a CPU host (one-text p99 beside 2,048 x 256-token requests:
+                                                    benchmarks/results/overload_probe.json), 0 on a GPU host (its jobs
+                                                    are short).
 EMBEDSERVE_INTRA_OP_THREADS            auto         ONNX Runtime threads per session: cores / (workers x sessions).
 EMBEDSERVE_INTER_OP_THREADS            1            threads across independent graph nodes (1 is best for BERT-like).
 EMBEDSERVE_ALLOW_SPINNING              false        busy-wait between ops: lower latency on an idle machine, worse on a
@@ -45,13 +46,13 @@ EMBEDSERVE_MAX_JOB_TEXTS               cpu 32       texts the inference stage ta
                                                     request waits for about one job, not for a whole 2,048-text
                                                     request. Smaller jobs wait less behind big requests; larger ones
                                                     fill the GPU better.
-EMBEDSERVE_MAX_JOB_TOKENS              cpu 256      estimated tokens per job (characters / 4 + 2 per text, at most
-                                       gpu 262144   max_seq_length; a job holds at least one text). On a CPU one
-                                                    256-token text is ~100 ms of one core here, so a job of long
-                                                    texts is one text: a one-text request waited p99 107 ms behind a
-                                                    2,048 x 256-token request at 256, 275 ms at 512, 834 ms at 2048
-                                                    (2 cores). Per token a CPU is no faster with more texts per call,
-                                                    and short texts still fill a job (16 texts/request: same rate).
+EMBEDSERVE_MAX_JOB_TOKENS              cpu 2048     estimated tokens per job (characters / 4 + 2 per text, at most
+                                       gpu 262144   max_seq_length; a job holds at least one text). On a CPU it bounds
+                                                    a job of long texts to about 8 x 256 tokens instead of 32 x 256
+                                                    (~0.9 s of one core here); queries do not wait for such jobs (see
+                                                    EMBEDSERVE_EXPRESS_SESSIONS). Jobs of 256 tokens made most
+                                                    16-text requests two jobs or more, which then waited behind a
+                                                    closed loop of other clients (soak p99 7.1 s vs 3.5 s).
 EMBEDSERVE_BATCH_WAIT_MS               0            how long the inference stage waits for more requests when it has
                                                     less than a job; more waiting = fuller batches, added latency.
                                                     0 to 1000. The stages batch whatever arrived while they worked.
@@ -164,7 +165,7 @@ class BatchShape:
 #: A CPU: batches past 32 are not faster and cost memory; one call costs about 32 padded tokens of work (the
 #: planner cut a 64-text mixed request fastest with 16-64).
 CPU_BATCH = BatchShape(
-    max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=256, overhead_tokens=32
+    max_batch_size=32, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
 )
 #: A GPU: one call of 1 x 16 tokens costs about what 256 x 16 do (0.9 vs 1.9 ms on an H200), so calls are few and
 #: large; 256 x 256 tokens is about 26 ms of fp32 work.

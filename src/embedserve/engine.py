@@ -408,6 +408,7 @@ class Engine:
                         pipelined=self.tokenizer_threads > 1,
                         inference_threads=len(self.models),
                         express_threads=config.express_sessions,
+                        express_units=self.max_seq_length,  # at most one long text's worth: a query
                         nice=config.stage_nice,
                     )
         return self._scheduler

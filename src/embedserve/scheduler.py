@@ -245,15 +245,22 @@ EXPRESS_NICE_STEP = 5
 class _Stage:
     """Pending pieces in (round, seq) order, served by ``threads`` daemon threads.
 
-    Pieces of requests cut into several are kept apart from those of one-piece requests (two heaps, each in
-    (round, seq) order): the last ``express`` threads take only one-piece requests, so that a small request finds a
-    thread even while large requests' pieces hold all the others; the other threads take the first piece of either.
+    Small requests (one piece of at most ``express_units``) are kept apart from the rest (two heaps, each in
+    (round, seq) order): the last ``express`` threads take only small requests, so that a query finds a thread even
+    while larger requests' jobs hold all the others; the other threads take the first piece of either heap.
     """
 
     def __init__(
-        self, name: str, work: Callable[[bool], None], threads: int = 1, nice: int = 0, express: int = 0
+        self,
+        name: str,
+        work: Callable[[bool], None],
+        threads: int = 1,
+        nice: int = 0,
+        express: int = 0,
+        express_units: float = math.inf,
     ) -> None:
-        self.single: list[tuple[int, int, Pending]] = []  # heaps
+        self.express_units = express_units
+        self.single: list[tuple[int, int, Pending]] = []  # heaps: small requests, and the rest
         self.multi: list[tuple[int, int, Pending]] = []
         self.ready = threading.Condition()
         self._work = work
@@ -272,7 +279,8 @@ class _Stage:
     def put_many(self, items: Sequence[Pending]) -> None:
         with self.ready:
             for item in items:
-                heap = self.single if len(item.request.pieces) <= 1 else self.multi
+                small = len(item.request.pieces) <= 1 and item.units <= self.express_units
+                heap = self.single if small else self.multi
                 heapq.heappush(heap, (item.round, item.seq, item))
             self.ready.notify_all()  # an express thread woken for a piece it may not take must not swallow a wake-up
 
@@ -369,9 +377,11 @@ class Scheduler:
             thread tokenizes each job itself (a worker with one core gains nothing from a second thread and pays
             for the hand-over).
         inference_threads: threads taking jobs at once (one per model session).
-        express_threads: how many of them take only requests of one piece (a job or less): a small request then
-            never waits for a thread while large requests' pieces hold the others. The throughput estimate counts
-            the other threads only. With ``nice``, the other threads run :data:`EXPRESS_NICE_STEP` nicer.
+        express_threads: how many of them take only small requests (one piece of at most ``express_units``): a
+            query then never waits for a thread while larger requests' jobs hold the others. The throughput
+            estimate counts the other threads only. With ``nice``, the other threads run
+            :data:`EXPRESS_NICE_STEP` nicer.
+        express_units: the largest estimated cost of a small request.
         nice: how much lower than the caller's threads the stage threads run (0-19): on a full machine the event
             loop, which admits and refuses requests, then runs first (see ``EMBEDSERVE_STAGE_NICE``).
     """
@@ -393,6 +403,7 @@ class Scheduler:
         pipelined: bool = True,
         inference_threads: int = 1,
         express_threads: int = 0,
+        express_units: float = math.inf,
         nice: int = 0,
     ) -> None:
         if not 0 <= express_threads < inference_threads:
@@ -421,7 +432,9 @@ class Scheduler:
         if throughput is not None:  # as one second of one thread's work
             self.observe(throughput / self.compute_threads, 1.0)
         self.pipelined = pipelined
-        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads, nice, express_threads)
+        self._inference = _Stage(
+            "embedserve-infer", self._infer_step, inference_threads, nice, express_threads, express_units
+        )
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step, 1, nice) if pipelined else self._inference
         self._inference.start()
         if pipelined:

@@ -108,7 +108,7 @@ def test_threads_follow_workers_and_batch_shape_follows_the_provider(monkeypatch
     assert Settings.from_env({"EMBEDSERVE_WORKERS": "4"}).runtime.intra_op_threads == 4  # GPU host: 1 session
     runtime = RuntimeConfig(max_batch_size=64)
     assert runtime.batch_shape(gpu=False) == config.BatchShape(
-        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=256, overhead_tokens=32
+        max_batch_size=64, max_batch_tokens=8192, max_job_texts=32, max_job_tokens=2048, overhead_tokens=32
     )
     assert RuntimeConfig(max_job_tokens=512).batch_shape(gpu=True).max_job_tokens == 512
     assert runtime.batch_shape(gpu=True).max_batch_tokens == config.GPU_BATCH.max_batch_tokens

@@ -592,6 +592,7 @@ def test_an_express_thread_computes_small_requests_while_large_ones_hold_the_oth
         pipelined=False,
         inference_threads=2,
         express_threads=1,
+        express_units=1,
         nice=2,
     )
     assert scheduler.compute_threads == 1
@@ -599,17 +600,21 @@ def test_an_express_thread_computes_small_requests_while_large_ones_hold_the_oth
     async def main():
         big = asyncio.ensure_future(scheduler.submit([f"big-{i}" for i in range(6)], None))  # 3 pieces
         assert await asyncio.to_thread(held.wait, 5)
+        mid = asyncio.ensure_future(scheduler.submit(["mid-8", "mid-9"], None))  # one piece, above express_units
         small = await asyncio.wait_for(scheduler.submit(["small-7"], None), 5)  # while the big job is held
         assert not big.done() and sum(len(texts) for _, texts, _ in ran if texts[0].startswith("big")) == 2
+        assert not mid.done()  # not a query: it waits for the general thread
         release.set()
-        return small, await big
+        return small, await big, await mid
 
-    small, big = asyncio.run(main())
+    small, big, mid = asyncio.run(main())
     scheduler.close()
     np.testing.assert_array_equal(small, [[7.0, 14.0]])
     np.testing.assert_array_equal(big[:, 0], np.arange(6))
     threads = {texts[0]: (name, nice) for name, texts, nice in ran}
     assert threads["small-7"] == ("embedserve-infer-express-1", min(19, own + 2))
+    assert threads["mid-8"][0] == "embedserve-infer-0"
+    np.testing.assert_array_equal(mid[:, 0], [8, 9])
     assert {threads[f"big-{i}"] for i in (0, 2, 4)} == {("embedserve-infer-0", min(19, own + 2 + 5))}
 
 
