@@ -163,10 +163,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--burst", type=int, default=512)
     parser.add_argument("--kill-seconds", type=float, default=30.0)
+    parser.add_argument("--env", action="append", default=[], help="with --start: a setting, NAME=VALUE (repeatable)")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/soak.json)")
     args = parser.parse_args()
 
-    server = Server(free_port(), args.model) if args.start else None
+    server = Server(free_port(), args.model, dict(item.split("=", 1) for item in args.env)) if args.start else None
     url = args.url
     if server is not None:
         server.start()
@@ -193,6 +194,7 @@ def main() -> None:
         "kill_seconds": args.kill_seconds,
         "model": args.model,
         "server": "started by --start" if args.start else url,
+        "server_env": args.env,
         "server_limits": info.get("limits"),
         "workers": info.get("workers"),
         "client": f"httpx {httpx.__version__} (steady, kill); the burst: a bare asyncio protocol on uvloop "

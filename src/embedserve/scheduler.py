@@ -176,6 +176,7 @@ class Pending:
     round: int = 0  # fair-queueing round: pieces are taken in (round, seq) order
     seq: int = 0
     counted: bool = False  # counted as queued (for admission) until it is taken for computing or dropped
+    small: bool = False  # a query, for the express threads: its request is this one piece, of at most express_units
     tokens: Any = None  # what the tokenizer stage produced
     tokenize_s: float = 0.0
     tokenized_at: float = 0.0
@@ -245,7 +246,7 @@ EXPRESS_NICE_STEP = 5
 class _Stage:
     """Pending pieces in (round, seq) order, served by ``threads`` daemon threads.
 
-    Small requests (one piece of at most ``express_units``) are kept apart from the rest (two heaps, each in
+    Queries (pieces marked ``small`` by the scheduler) are kept apart from the rest (two heaps, each in
     (round, seq) order): the last ``express`` threads take only small requests, so that a query finds a thread even
     while larger requests' jobs hold all the others; the other threads take the first piece of either heap.
     """
@@ -257,9 +258,7 @@ class _Stage:
         threads: int = 1,
         nice: int = 0,
         express: int = 0,
-        express_units: float = math.inf,
     ) -> None:
-        self.express_units = express_units
         self.single: list[tuple[int, int, Pending]] = []  # heaps: small requests, and the rest
         self.multi: list[tuple[int, int, Pending]] = []
         self.ready = threading.Condition()
@@ -279,8 +278,7 @@ class _Stage:
     def put_many(self, items: Sequence[Pending]) -> None:
         with self.ready:
             for item in items:
-                small = len(item.request.pieces) <= 1 and item.units <= self.express_units
-                heap = self.single if small else self.multi
+                heap = self.single if item.small else self.multi
                 heapq.heappush(heap, (item.round, item.seq, item))
             self.ready.notify_all()  # an express thread woken for a piece it may not take must not swallow a wake-up
 
@@ -420,10 +418,12 @@ class Scheduler:
         self.max_wait_s = max_wait_s
         self.inference_threads = inference_threads
         self.compute_threads = inference_threads - express_threads  # what the throughput estimate counts
+        self.express_threads, self.express_units = express_threads, express_units
         self.stats = SchedulerStats()
         self._lock = threading.Lock()  # admission counts, rounds, request state, stats
         self._queued_texts = 0
         self._queued_units = 0.0
+        self._queued_small_units = 0.0  # of queries, which the express threads take (see _admit)
         self._rounds: dict[int, list[float]] = {}  # round -> [queued units, queued pieces]
         self._round = 0  # the round of the last piece taken for computing
         self._seq = 0
@@ -432,9 +432,7 @@ class Scheduler:
         if throughput is not None:  # as one second of one thread's work
             self.observe(throughput / self.compute_threads, 1.0)
         self.pipelined = pipelined
-        self._inference = _Stage(
-            "embedserve-infer", self._infer_step, inference_threads, nice, express_threads, express_units
-        )
+        self._inference = _Stage("embedserve-infer", self._infer_step, inference_threads, nice, express_threads)
         self._tokenizer = _Stage("embedserve-tokenize", self._tokenize_step, 1, nice) if pipelined else self._inference
         self._inference.start()
         if pipelined:
@@ -485,6 +483,8 @@ class Scheduler:
         request = Request(future=loop.create_future(), loop=loop)
         pieces = self._cut(texts, options, request)
         request.pieces, request.parts, request.remaining = pieces, [None] * len(pieces), len(pieces)
+        if self.express_threads and len(pieces) == 1 and pieces[0].units <= self.express_units:
+            pieces[0].small = True
         with self._lock:
             # Newcomers start in the round after the one being served: joining that one would let a stream of new
             # requests hold back the next pieces of requests already cut for as long as the stream lasts.
@@ -530,9 +530,16 @@ class Scheduler:
             )
         if not rate or not self._queued_units:
             return
-        ahead = 0.0  # units computed before this request's last piece: the rounds its pieces go into
-        for r in range(self._round, start + len(pieces)):
-            ahead += self._rounds[r][0] if r in self._rounds else 0.0
+        # Units computed before this request's last piece: every round before the one after it. Not only the rounds
+        # from the current one: an express thread moves the current round to the newest query while older pieces
+        # still wait in earlier rounds (counting from the current round, a soak admitted far too much and 6 of its
+        # requests passed their deadline).
+        # A query waits only for the queries before it: the express threads take nothing else.
+        end = start + len(pieces)
+        if pieces[0].small:
+            ahead = self._queued_small_units
+        else:
+            ahead = sum(units for r, (units, _) in self._rounds.items() if r < end)
         wait = ahead / rate
         if wait > self.max_queue_wait_s:
             retry = wait - self.max_queue_wait_s
@@ -545,6 +552,7 @@ class Scheduler:
     def _count(self, piece: Pending) -> None:
         """Count ``piece`` as queued (lock held)."""
         piece.counted = True
+        self._queued_small_units += piece.units if piece.small else 0.0
         self._queued_texts += len(piece.texts)
         self._queued_units += piece.units
         slot = self._rounds.setdefault(piece.round, [0.0, 0])
@@ -556,6 +564,7 @@ class Scheduler:
         if not piece.counted:
             return
         piece.counted = False
+        self._queued_small_units -= piece.units if piece.small else 0.0
         self._queued_texts -= len(piece.texts)
         self._queued_units -= piece.units
         slot = self._rounds[piece.round]
@@ -564,7 +573,7 @@ class Scheduler:
         if slot[1] == 0:
             del self._rounds[piece.round]
         if not self._rounds:
-            self._queued_units = 0.0  # no float residue: an empty queue admits anything
+            self._queued_units = self._queued_small_units = 0.0  # no float residue: an empty queue admits anything
 
     def _expire(self, request: Request) -> None:
         """The deadline timer (event loop): fail ``request`` if none of its pieces has started."""

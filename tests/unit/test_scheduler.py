@@ -645,3 +645,48 @@ def test_a_stream_of_new_requests_does_not_hold_back_a_cut_requests_next_pieces(
     order = [texts[0] for texts in model.inferred]
     assert len(order) == 1 + 3 + 120
     assert order.index("102") <= 1 + 3 * (1 + 4)  # one piece per round, each round one request of each client
+
+
+def test_admission_counts_pieces_left_behind_in_earlier_rounds_by_the_express_thread():
+    """The express thread takes the newest query, which moves the current round past the requests still waiting
+    for the held general thread: a newcomer must still count them (10 texts queued at 10 texts/s: 1.0 s > 0.9 s)."""
+    release, held = threading.Event(), threading.Event()
+
+    def tokenize(batch):
+        for pending in batch:
+            pending.tokens = np.zeros(len(pending.texts), dtype=np.float32)
+
+    def infer(job):
+        if job[0].texts[0] == "big":
+            held.set()
+            release.wait(5)
+        return [np.stack([p.tokens, p.tokens], axis=1) for p in job]
+
+    scheduler = Scheduler(
+        tokenize,
+        infer,
+        merge=np.concatenate,
+        max_queue_texts=100,
+        max_job_texts=4,
+        pipelined=False,
+        inference_threads=2,
+        express_threads=1,
+        express_units=1,
+        max_queue_wait_s=0.9,
+        throughput=10.0,
+    )
+
+    async def main():
+        big = asyncio.ensure_future(scheduler.submit(["big", "big"], None))
+        assert await asyncio.to_thread(held.wait, 5)
+        mids = [asyncio.ensure_future(scheduler.submit(["mid", "mid"], None)) for _ in range(5)]  # 10 texts wait
+        await asyncio.sleep(0)
+        for _ in range(2):  # computed at once by the express thread; the second is in a round after the waiting
+            await asyncio.wait_for(scheduler.submit(["query"], None), 5)
+        with pytest.raises(OverloadedError, match=r"would take 1\.0 s"):
+            await scheduler.submit(["late", "late"], None)
+        release.set()
+        await asyncio.gather(big, *mids)
+
+    asyncio.run(main())
+    scheduler.close()
