@@ -33,6 +33,7 @@ import httpx
 
 from benchmarks.bench_http import Server, free_port
 from benchmarks.common import latency_summary, write_results
+from benchmarks.fuzz_hostile import parse_answers
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 
@@ -84,23 +85,6 @@ def run(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
 
 
-def _parse_answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
-    """(status, lower-cased headers, JSON body or None) of one raw HTTP answer; status 0 for none."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    if not lines[0].startswith("HTTP/"):
-        return 0, {}, None
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
-    return int(lines[0].split(" ", 2)[1]), headers, payload
-
-
 async def burst(url: str, clients: int, texts: int, words: int, timeout: float) -> dict[str, Any]:
     """``clients`` requests of ``texts`` unique texts sent at the same moment, each on a new connection.
 
@@ -150,7 +134,12 @@ async def burst(url: str, clients: int, texts: int, words: int, timeout: float) 
         after_s = time.perf_counter() - started
     results = []
     for started, finished, raw in answers:
-        status, headers, payload = _parse_answer(raw)
+        parsed = parse_answers(raw)
+        status, headers = (parsed[0].status, parsed[0].headers) if parsed else (0, {})
+        try:
+            payload = json.loads(parsed[0].body) if parsed else None
+        except ValueError:
+            payload = None
         if status == 200:
             assert len(payload["data"]) == texts
         code = ""
