@@ -78,7 +78,11 @@ EMBEDSERVE_STAGE_NICE                  10           how much lower the tokenize 
                                                     through BentoML's middleware: 429 p99 1.3 s at 0, 0.7 s at 10.
                                                     0 = the same priority. With express sessions the other inference
                                                     threads run 5 nicer still. ONNX Runtime's own pool threads (more
-                                                    than one intra-op thread) keep the process's priority.
+                                                    than one intra-op thread) keep the process's priority. The cost:
+                                                    64 clients re-sending at once after each 429 (ignoring
+                                                    Retry-After) got 8 requests computed in 10 s at 10, 19 at 4, 88
+                                                    at 0 (the event loops took the cores answering ~4,000 429s/s);
+                                                    rate-limit such clients in front, or lower this.
 EMBEDSERVE_IO_BINDING                  auto         bind inputs and outputs explicitly (auto: on CUDA).
 EMBEDSERVE_CUDA_SDPA_KERNEL            auto         CUDA provider ``sdpa_kernel``; auto: 2 (memory-efficient attention)
                                                     for the fp16 graph, whose default kernel is rebuilt for every new
