@@ -314,6 +314,11 @@ MISSING_KEY = "this server requires an API key: send the header 'Authorization: 
 WRONG_KEY = "the API key in the 'Authorization: Bearer' header is not accepted"
 
 
+def wire_for(path: str) -> WireFormat:
+    """The protocol whose error shape a route's refusals take: OpenAI's under ``/v1/``, TEI's elsewhere."""
+    return OPENAI if path.startswith("/v1/") else TEI
+
+
 def shutting_down() -> bool:
     """True once this worker's uvicorn server has been told to exit (SIGTERM, or the arbiter stopping it)."""
     server = running_uvicorn_server()
@@ -325,11 +330,10 @@ def direct_routes(settings: Settings) -> bool:
     asked for, and none of the middleware that matters is on (access log, tracing, CORS)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    cors = BentoMLContainer.http.cors.enabled.get()
-    wanted = settings.direct_routes
-    if wanted and (ACCESS_LOG or TRACING or cors):
+    needed = ACCESS_LOG or TRACING or BentoMLContainer.http.cors.enabled.get()
+    if settings.direct_routes and needed:
         log.info("BentoML's middleware is needed (access log, tracing or CORS): direct routes are off")
-    return wanted and not (ACCESS_LOG or TRACING or cors)
+    return settings.direct_routes and not needed
 
 
 def metrics_exposition() -> bytes:
@@ -383,7 +387,7 @@ class HttpEdge:
         path = scope["path"]
         if path in PUBLIC_PATHS:
             return None
-        wire = OPENAI if path.startswith("/v1/") else TEI
+        wire = wire_for(path)
         keys = self.api_keys
         if keys is None:  # closed, never open, until the service has read its settings
             error = EmbedServeError("the service is starting")
@@ -405,7 +409,7 @@ class HttpEdge:
         try:  # first: a request with an ambiguous length is refused whatever its route, and its connection closed
             check_framing(scope["headers"])
         except MalformedRequestError as exc:
-            wire = OPENAI if scope["path"].startswith("/v1/") else TEI
+            wire = wire_for(scope["path"])
             refused = 400, dumps(wire.error_body(exc)), [JSON_TYPE, CLOSE]
         if refused is not None:
             reply = refused
@@ -432,7 +436,7 @@ class HttpEdge:
     @staticmethod
     def shutdown_reply(scope: Scope) -> Reply:
         """503 for a request cut by the shutdown deadline (its work is dropped): retry, on another replica."""
-        wire = OPENAI if scope["path"].startswith("/v1/") else TEI
+        wire = wire_for(scope["path"])
         error = ShuttingDownError(
             "the server shut down before this request finished (EMBEDSERVE_SHUTDOWN_TIMEOUT_S); retry it"
         )

@@ -98,31 +98,27 @@ class OverloadedError(EmbedServeError):
         self.retry_after_s = retry_after_s
 
 
-class DeadlineExceededError(EmbedServeError):
+class UnfinishedError(EmbedServeError):
+    """An accepted request the server did not finish, and whose remaining work it dropped (a 5xx: the server, not
+    the client, is the reason)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DeadlineExceededError(UnfinishedError):
     """An accepted request waited past its deadline without starting to compute: it is dropped rather than computed
-    for a caller that has probably given up (a 503: the server, not the client, is at fault)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    for a caller that has probably given up (a 503)."""
 
 
-class ShuttingDownError(EmbedServeError):
+class ShuttingDownError(UnfinishedError):
     """The server reached its shutdown deadline with the request unfinished: it is answered 503 (retry on another
-    replica) and its remaining work is dropped."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    replica)."""
 
 
-class ComputeTimeoutError(EmbedServeError):
-    """An accepted request took longer than the request timeout in all: it is answered 504 and its remaining work
-    is dropped."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class ComputeTimeoutError(UnfinishedError):
+    """An accepted request took longer than the request timeout in all: it is answered 504."""
 
 
 class JobAbandoned(EmbedServeError):

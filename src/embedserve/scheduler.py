@@ -259,8 +259,8 @@ class _Stage:
         nice: int = 0,
         express: int = 0,
     ) -> None:
-        self.single: list[tuple[int, int, Pending]] = []  # heaps: small requests, and the rest
-        self.multi: list[tuple[int, int, Pending]] = []
+        self.queries: list[tuple[int, int, Pending]] = []  # heaps: queries, and the rest
+        self.others: list[tuple[int, int, Pending]] = []
         self.ready = threading.Condition()
         self._work = work
         self.threads = []
@@ -278,17 +278,17 @@ class _Stage:
     def put_many(self, items: Sequence[Pending]) -> None:
         with self.ready:
             for item in items:
-                heap = self.single if item.small else self.multi
+                heap = self.queries if item.small else self.others
                 heapq.heappush(heap, (item.round, item.seq, item))
             self.ready.notify_all()  # an express thread woken for a piece it may not take must not swallow a wake-up
 
     def _heap(self, express: bool) -> list[tuple[int, int, Pending]] | None:
         """The heap whose head comes next for this kind of thread (``None``: nothing it may take)."""
-        if express or not self.multi:
-            return self.single or None
-        if not self.single:
-            return self.multi
-        return self.single if self.single[0][:2] < self.multi[0][:2] else self.multi
+        if express or not self.others:
+            return self.queries or None
+        if not self.queries:
+            return self.others
+        return self.queries if self.queries[0][:2] < self.others[0][:2] else self.others
 
     def has(self, express: bool = False) -> bool:
         return self._heap(express) is not None
@@ -304,7 +304,7 @@ class _Stage:
         return heapq.heappop(heap)[2]
 
     def texts(self, express: bool = False) -> int:
-        heaps = (self.single,) if express else (self.single, self.multi)
+        heaps = (self.queries,) if express else (self.queries, self.others)
         return sum(len(item.texts) for heap in heaps for *_, item in heap)
 
     def wait(self, express: bool = False) -> bool:
